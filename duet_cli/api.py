@@ -1,0 +1,116 @@
+"""The Python API that the commands use, usable from a notebook:
+
+    from duet_cli import api
+    loaded = api.load_model("tiny-llava")                # catalog name, local folder or hub id
+    with api.apply_profile(loaded.model, "duet-192") as session:
+        result = api.run(loaded, session, [api.Prompt("What is shown?", [api.load_image("cat.png")])])
+    print(result.answers[0], result.trace.samples[0].avg_visual_tokens)
+
+Or in one call: `api.infer("tiny-llava", "duet-192", [("What is shown?", ["cat.png"])])`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from duet_cli.engine.session import ReductionSession, apply_profile
+from duet_cli.media import load_image
+from duet_cli.profiles import load_profile, resolve_profile
+from duet_cli.runtime import LoadedModel, Prompt, RunResult, load_model, run, run_batches
+from duet_cli.trace import ReductionTrace
+
+__all__ = [
+    "InferReport",
+    "LoadedModel",
+    "Prompt",
+    "ReductionSession",
+    "ReductionTrace",
+    "RunResult",
+    "apply_profile",
+    "infer",
+    "load_image",
+    "load_model",
+    "load_profile",
+    "run",
+]
+
+
+@dataclass
+class InferReport:
+    """Everything `duet infer` prints: answers, the trace, and where they came from."""
+
+    model: str
+    untrained: bool
+    profile: Any  # ResolvedProfile
+    questions: list[str]
+    images: list[list[str]]
+    ids: list[str | None]
+    answers: list[str]
+    trace: ReductionTrace
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def infer(
+    model: str | None,
+    profile: str | None,
+    items: Sequence[tuple[str, Sequence[str | Path]] | Any],
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    batch_size: int = 1,
+    seed: int = 0,
+    on_loaded: Callable[[LoadedModel], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    **generate: Any,
+) -> InferReport:
+    """Load the model, apply the profile, answer every (question, image paths) item in batches.
+
+    The profile and all images are checked before the model is loaded, so bad input fails fast.
+    `items` are (question, paths) pairs or objects with `.question`, `.images` and optional `.id`.
+    """
+    from duet_cli.jsonio import provenance
+
+    questions, paths, ids = [], [], []
+    for item in items:
+        if isinstance(item, tuple):
+            q, imgs, i = item[0], item[1], None
+        else:
+            q, imgs, i = item.question, item.images, getattr(item, "id", None)
+        questions.append(q)
+        paths.append([str(p) for p in imgs])
+        ids.append(i)
+    prompts = [Prompt(q, [load_image(p) for p in ps]) for q, ps in zip(questions, paths)]
+    if profile is not None:
+        load_profile(profile)  # a typo fails before the model loads
+    loaded = load_model(model, dtype=dtype, device=device)
+    if on_loaded is not None:
+        on_loaded(loaded)
+    profile_obj = load_profile(profile or loaded.default_profile)
+    resolved = resolve_profile(profile_obj, loaded.adapter.dims(loaded.model))
+    with apply_profile(loaded.model, resolved) as session:
+        result = run_batches(
+            loaded, session, prompts, batch_size=batch_size, on_batch=on_batch, seed=seed, **generate
+        )
+    prov = provenance(
+        profile_name=resolved.name,
+        profile_hash=resolved.hash,
+        profile=profile_obj.to_dict(),
+        model=loaded.name,
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        device=str(loaded.device),
+        seed=seed,
+    )
+    return InferReport(
+        model=loaded.name,
+        untrained=loaded.untrained,
+        profile=resolved,
+        questions=questions,
+        images=paths,
+        ids=ids,
+        answers=result.answers,
+        trace=result.trace,
+        provenance=prov,
+    )

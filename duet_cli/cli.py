@@ -1,0 +1,49 @@
+"""The `duet` Typer app: registers the subcommands and maps every DuetError to one line on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from duet_cli.commands import infer as infer_cmd
+from duet_cli.commands import profiles as profiles_cmd
+
+app = typer.Typer(
+    name="duet",
+    help="Cheaper vision-language models: two-stage visual token reduction (VisionZip + PyramidDrop).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("infer")(infer_cmd.infer)
+app.add_typer(profiles_cmd.app, name="profiles")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning DuetError (and stray failures) into one line."""
+    from rich.markup import escape
+
+    from duet_cli.console import err
+    from duet_cli.errors import DuetError
+
+    debug = bool(os.environ.get("DUET_DEBUG"))
+    try:
+        app(standalone_mode=True)
+    except DuetError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line, traceback on request
+        if debug:
+            raise
+        err.print(
+            f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+            "(set DUET_DEBUG=1 for the traceback)"
+        )
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Subcommands: each parses options, makes one library call and renders the result."""

@@ -1,0 +1,115 @@
+"""`duet infer`: answer questions about images under a reduction profile and show what was kept."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from duet_cli.commands.options import (
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    ProfileOpt,
+    SeedOpt,
+)
+from duet_cli.console import err, out
+from duet_cli.errors import UsageError
+
+
+def infer(
+    image: Annotated[
+        list[Path] | None, typer.Option("--image", "-i", help="Image file (repeat for several images).")
+    ] = None,
+    question: Annotated[str | None, typer.Option("--question", "-q", help="The question to ask.")] = None,
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            "--batch", help='JSONL file of {"image" or "images", "question"} records, run in batches.'
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    profile: ProfileOpt = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Prompts per forward pass.")
+    ] = 1,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 32,
+    num_beams: Annotated[int, typer.Option("--num-beams", min=1, help="Beam search width (1 = greedy).")] = 1,
+    do_sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature.")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write the JSON document to this file (atomically).")
+    ] = None,
+) -> None:
+    """Answer a question about one or more images, with a table of the visual tokens each stage kept."""
+    from duet_cli import api
+    from duet_cli.batchfile import read_batch
+    from duet_cli.jsonio import atomic_write_text, check_writable, to_json
+    from duet_cli.render import answers_renderable, infer_numbers, numbers_table, untrained_notice
+
+    if batch is not None and (question is not None or image):
+        raise UsageError("use either --batch FILE or --question/--image, not both")
+    if batch is None and question is None:
+        raise UsageError("give --question (with --image) or --batch FILE")
+    if out_file is not None:
+        check_writable(out_file)
+    items: list[Any] = read_batch(batch) if batch is not None else [(question or "", list(image or []))]
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=len(items) <= batch_size,
+    )
+    single = len(items) <= batch_size
+    waiting = err.status("running", spinner="dots") if single else contextlib.nullcontext()
+    with progress, waiting:
+        task = progress.add_task("answering", total=len(items))
+        report = api.infer(
+            model,
+            profile,
+            items,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            seed=seed,
+            on_batch=lambda n: progress.advance(task, n),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+        )
+    numbers = infer_numbers(report.trace)
+    document = {
+        "provenance": report.provenance,
+        "results": [
+            {"id": i, "question": q, "images": imgs, "answer": a}
+            for i, q, imgs, a in zip(report.ids, report.questions, report.images, report.answers)
+        ],
+        "numbers": numbers,
+        "trace": report.trace.to_dict(),
+    }
+    text = to_json(document)
+    if out_file is not None:
+        atomic_write_text(out_file, text + "\n")
+    if json_out:
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
+    if report.untrained:
+        err.print(untrained_notice(report.model))
+    out.print(answers_renderable(report.questions, report.answers))
+    out.print(numbers_table(numbers, title=f"{report.model} · profile {report.profile.name}"))

@@ -1,0 +1,26 @@
+"""Shared command-line options, defined once as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Catalog name (see models/), a local folder, or a hub id. Default: tiny-llava."
+    ),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Shipped profile name (duet profiles list) or a YAML path. Default: the model's.",
+    ),
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (sampling, random baselines).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]

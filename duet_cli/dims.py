@@ -1,0 +1,37 @@
+"""ModelDims: the few numbers a profile needs to be checked against a model, from a config alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from duet_cli.errors import ModelNotFoundError
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    family: str  # "llava", ...
+    num_layers: int  # decoder layers of the language model
+    vision_tokens: int  # tokens the vision encoder emits per image (CLIP-L/336: 577, CLS included)
+    has_cls: bool  # whether vision token 0 is a CLS token
+    unreduced_tokens: int  # visual tokens per image the stock model feeds the LLM (LLaVA-1.5: 576)
+    grid: tuple[int, int]  # patch grid per image (rows, cols)
+
+
+def dims_from_config(config: Any) -> ModelDims:
+    """Dims of a transformers config object (no weights needed)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type == "llava":
+        vc = config.vision_config
+        side = vc.image_size // vc.patch_size
+        tokens = side * side + 1
+        unreduced = tokens - 1 if config.vision_feature_select_strategy == "default" else tokens
+        return ModelDims(
+            family="llava",
+            num_layers=config.text_config.num_hidden_layers,
+            vision_tokens=tokens,
+            has_cls=True,
+            unreduced_tokens=unreduced,
+            grid=(side, side),
+        )
+    raise ModelNotFoundError(f"model type {model_type!r} is not supported by duet (supported: llava)")

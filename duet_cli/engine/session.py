@@ -1,0 +1,90 @@
+"""`apply_profile`: install a profile's hooks on one model instance, and remove every one of them after.
+
+    with apply_profile(model, "duet-192") as session:
+        ...  # model.generate(...) now runs stage 1 and stage 2; session.recorder has what was kept
+
+Nothing on a transformers class is touched; applying twice to the same instance is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+from duet_cli.engine.recorder import LanguageModelTimer, Recorder
+from duet_cli.engine.setup_checks import check_model_setup
+from duet_cli.engine.stage1 import VisionTimer, VisionZipStage
+from duet_cli.engine.stage2 import PyramidDropStage
+from duet_cli.errors import HookError
+from duet_cli.families import get_adapter
+from duet_cli.families.base import FamilyAdapter
+
+_MARK = "_duet_session"
+
+
+class ReductionSession:
+    """The installed hooks of one profile on one model, and the recorder they write to."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, resolved: Any) -> None:
+        self.model, self.adapter, self.resolved = model, adapter, resolved
+        self.dims = adapter.dims(model)
+        self.recorder = Recorder()
+        owner = adapter.image_features_owner(model)
+        self.vision: VisionZipStage | VisionTimer = (
+            VisionZipStage(model, adapter, resolved.vision, self.recorder)
+            if resolved.vision is not None
+            else VisionTimer(owner, self.recorder)
+        )
+        self.llm = PyramidDropStage(model, adapter, resolved, self.recorder) if resolved.llm_layers else None
+        self.timer = LanguageModelTimer(adapter.language_model(model), self.recorder)
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Visual tokens each image contributes to the prompt (the placeholder count)."""
+        return int(self.resolved.tokens_per_image(self.dims))
+
+    def install(self) -> None:
+        self.timer.install()
+        self.vision.install()
+        if self.llm is not None:
+            self.llm.install()
+
+    def remove(self) -> None:
+        if self.llm is not None:
+            self.llm.remove()
+        self.vision.remove()
+        self.timer.remove()
+
+
+def resolve_for(model: nn.Module, profile: Any) -> Any:
+    """A profile (name, path, Profile or ResolvedProfile) resolved against this model's dims."""
+    from duet_cli.profiles import Profile, load_profile, resolve_profile
+
+    if isinstance(profile, str):
+        profile = load_profile(profile)
+    if isinstance(profile, Profile):
+        profile = resolve_profile(profile, get_adapter(model).dims(model))
+    return profile
+
+
+@contextmanager
+def apply_profile(model: nn.Module, profile: Any) -> Iterator[ReductionSession]:
+    """Apply `profile` to `model` (this instance only) for the duration of the block."""
+    if getattr(model, _MARK, None) is not None:
+        raise HookError("a duet profile is already applied to this model; remove it before applying another")
+    adapter = get_adapter(model)
+    resolved = resolve_for(model, profile)
+    check_model_setup(model, resolved)
+    session = ReductionSession(model, adapter, resolved)
+    object.__setattr__(model, _MARK, session)
+    try:
+        session.install()
+        yield session
+    finally:
+        try:
+            session.remove()
+        finally:
+            object.__delattr__(model, _MARK)

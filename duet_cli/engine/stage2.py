@@ -1,0 +1,301 @@
+"""Stage 2 in the decoder: PyramidDrop drop points as forward pre-hooks on the stock decoder layers.
+
+At prefill, the hook on the first layer of each new segment ranks the visual tokens, gathers the kept
+columns (hidden states, positions, padding mask), re-pads on the left and builds that segment's mask
+and rotary tables; later layers of the segment get the same substitutions. Each layer's KV cache
+keeps the length it saw, so during decoding every segment rebuilds its mask against its own cache.
+Layer 0 always sees the full sequence, which is what `generate()` reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from duet_cli.engine.recorder import Recorder, RowDrops
+from duet_cli.errors import HookError, UnsupportedSetupError
+from duet_cli.families.base import FamilyAdapter
+from duet_cli.methods.pyramiddrop.rank import (
+    gather_columns,
+    plan_keep,
+    query_rows,
+    repack_left,
+    text_to_visual_scores,
+)
+
+
+@dataclass
+class Segment:
+    """The columns one run of decoder layers sees (segment 0 = the full prompt)."""
+
+    cols: torch.Tensor  # (B, Ls) original prompt column, -1 for padding
+    vis: torch.Tensor  # (B, Ls) index among the row's visual tokens, -1 for non-visual/padding
+    mask2d: torch.Tensor  # (B, Ls) long, 1 = real token
+    shift: torch.Tensor  # (B,) subtract from stock decode positions (renumber mode)
+    kwargs: dict[str, Any] | None = None  # substitutions for the current forward
+
+
+@dataclass
+class PromptState:
+    prompt_len: int
+    query_mask: torch.Tensor  # (B, L0) bool
+    n0: list[int]  # visual tokens per row
+    segments: list[Segment] = field(default_factory=list)
+    active: bool = True  # False when no row has visual tokens
+
+
+class PyramidDropStage:
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, resolved: Any, recorder: Recorder) -> None:
+        self.model, self.adapter, self.resolved, self.recorder = model, adapter, resolved, recorder
+        self.lm = adapter.language_model(model)
+        self.layers = adapter.decoder_layers(model)
+        self.starts = [0, *resolved.llm_layers]  # first 0-based layer of each segment
+        self.image_token_id = adapter.image_token_id(model)
+        self.rotary = adapter.rotary_embedding(model)
+        self.state: PromptState | None = None
+        self.phase = "idle"
+        self.query_override: torch.Tensor | None = None  # (B, L0) bool, one prefill only
+        self.forced: list[list[list[int]]] | None = None  # [drop][prompt] visual indices to keep
+        self._pending_ids: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    # -- install / remove -------------------------------------------------------------------------
+    def install(self) -> None:
+        owner = self.adapter.image_features_owner(self.model)
+        self._handles.append(owner.register_forward_pre_hook(self._capture_ids, with_kwargs=True))
+        self._handles.append(self.lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
+        self._handles.append(self.lm.register_forward_hook(self._lm_post, with_kwargs=True))
+        for i in range(self.starts[1], len(self.layers)):
+            self._handles.append(
+                self.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True)
+            )
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.state = None
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _capture_ids(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._pending_ids = ids
+        return None
+
+    def _lm_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            raise HookError("stage 2 expects the language model to be called with inputs_embeds")
+        past = kwargs.get("past_key_values")
+        if past is not None and not isinstance(past, DynamicCache):
+            raise UnsupportedSetupError(
+                f"stage 2 needs a DynamicCache (per-layer lengths); got {type(past).__name__}. "
+                "Static and offloaded caches are not supported with an llm stage"
+            )
+        cached = past is not None and past.get_seq_length() > 0
+        if not cached:
+            self._start_prompt(embeds, kwargs.get("attention_mask"))
+            self.phase = "prefill"
+        else:
+            if self.state is None:
+                raise HookError("stage 2: decoding step without a prefill under this profile")
+            if embeds.shape[1] != 1:
+                raise UnsupportedSetupError(
+                    "stage 2 decodes one token at a time: assisted/speculative decoding and "
+                    "cache continuation with several tokens are not supported with an llm stage"
+                )
+            self.phase = "decode"
+            self._decode_mask = kwargs.get("attention_mask")
+        return None
+
+    def _lm_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.state is not None:
+            for seg in self.state.segments:
+                seg.kwargs = None
+        self.phase = "idle"
+        return None
+
+    def _layer_hook(self, index: int) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            state = self.state
+            if state is None or not state.active or self.phase == "idle":
+                return None
+            s = bisect.bisect_right(self.starts, index) - 1
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if self.phase == "prefill" and index == self.starts[s]:
+                hidden = self._drop(s, index, module, hidden, kwargs)
+            elif self.phase == "decode" and state.segments[s].kwargs is None:
+                self._decode_segment(s, index, hidden, kwargs)
+            seg_kwargs = state.segments[s].kwargs
+            assert seg_kwargs is not None
+            kwargs = {**kwargs, **seg_kwargs}
+            if args:
+                return (hidden, *args[1:]), kwargs
+            kwargs["hidden_states"] = hidden
+            return args, kwargs
+
+        return hook
+
+    # -- prefill --------------------------------------------------------------------------------
+    def _start_prompt(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        ids = self._pending_ids
+        self._pending_ids = None
+        b, length = embeds.shape[:2]
+        if ids is None or tuple(ids.shape) != (b, length):
+            raise HookError(
+                "stage 2 needs input_ids to locate the image tokens (inputs_embeds alone are not enough)"
+            )
+        device = embeds.device
+        ids = ids.to(device)
+        valid = (
+            attention_mask.to(device).bool()
+            if attention_mask is not None
+            else torch.ones(b, length, dtype=torch.bool, device=device)
+        )
+        if not bool(valid[:, -1].all()):
+            raise UnsupportedSetupError("stage 2 needs left padding (tokenizer.padding_side = 'left')")
+        visual = ids == self.image_token_id
+        vis = torch.where(visual, visual.long().cumsum(dim=1) - 1, torch.full_like(ids, -1))
+        cols = torch.where(valid, torch.arange(length, device=device).expand(b, length), -1)
+        query = self._query_mask(ids, valid, visual)
+        n0 = visual.sum(dim=1).tolist()
+        zero = torch.zeros(b, dtype=torch.long, device=device)
+        self.state = PromptState(
+            prompt_len=length,
+            query_mask=query,
+            n0=n0,
+            segments=[Segment(cols=cols, vis=vis, mask2d=valid.long(), shift=zero)],
+            active=any(n0),
+        )
+        self.recorder.rows = [RowDrops(n0=n) for n in n0]
+
+    def _query_mask(self, ids: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        b, length = ids.shape
+        last = torch.zeros_like(valid)
+        last[:, -1] = True
+        override, self.query_override = self.query_override, None
+        if override is not None:
+            override = override.to(ids.device)
+            if override.shape[0] != b:  # generate() expanded rows for beams / return sequences
+                override = override.repeat_interleave(b // override.shape[0], dim=0)
+            return (override.bool() & valid) | last
+        mode = self.resolved.queries
+        if mode == "last":
+            return last
+        if mode == "all":
+            return valid.clone()
+        if mode == "after_image":
+            cols = torch.arange(length, device=ids.device).expand(b, length)
+            last_image = torch.where(visual, cols, -1).max(dim=1, keepdim=True).values
+            return (valid & (cols > last_image)) | last
+        raise HookError(
+            f"queries: {mode!r} needs prompts built by duet (the question's tokens are not known)"
+        )
+
+    def _drop(self, s: int, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        state = self.state
+        assert state is not None
+        prev = state.segments[s - 1]
+        current = prev.kwargs if prev.kwargs is not None else kwargs
+        cos, sin = current["position_embeddings"]
+        positions = current["position_ids"]
+        b, length = hidden.shape[:2]
+        positions = positions.expand(b, length) if positions.shape[0] != b else positions
+        valid = prev.mask2d.bool()
+        visual = prev.vis >= 0
+        keep_n = torch.tensor(
+            [self.resolved.keep_counts(n)[s - 1] for n in state.n0], device=hidden.device, dtype=torch.long
+        )
+        if self.forced is not None:
+            keep = self._forced_keep(s, prev, valid, visual)
+        else:
+            query = gather_columns(state.query_mask, prev.cols, fill=False) & valid
+            rows, row_valid = query_rows(query)
+            q, k = self.adapter.query_key(layer, hidden, rows)
+            cos_q = gather_columns(cos.expand(b, -1, -1), rows)
+            sin_q = gather_columns(sin.expand(b, -1, -1), rows)
+            q = self.adapter.apply_rope(q, cos_q, sin_q)
+            k = self.adapter.apply_rope(k, cos.expand(b, -1, -1), sin.expand(b, -1, -1))
+            scaling = self.adapter.attention_geometry(layer)[3]
+            scores = text_to_visual_scores(q, k, rows, row_valid, valid, scaling)
+            keep = plan_keep(scores, visual, valid, keep_n)
+        index_map = repack_left(keep)
+        new_hidden = gather_columns(hidden, index_map)
+        mask2d = gather_columns(prev.mask2d, index_map)
+        seg = Segment(
+            cols=gather_columns(prev.cols, index_map, fill=-1),
+            vis=gather_columns(prev.vis, index_map, fill=-1),
+            mask2d=mask2d,
+            shift=state.segments[0].mask2d.sum(dim=1) - mask2d.sum(dim=1),
+        )
+        if self.resolved.positions == "renumber":
+            new_pos = (mask2d.cumsum(dim=1) - 1).clamp(min=0)
+        else:
+            new_pos = gather_columns(positions, index_map)
+            seg.shift = torch.zeros_like(seg.shift)
+        seg.kwargs = self._segment_kwargs(index, new_hidden, mask2d, new_pos, kwargs.get("past_key_values"))
+        if len(state.segments) > s:
+            state.segments[s] = seg
+        else:
+            state.segments.append(seg)
+        layer_count = self.starts[s]
+        for row, (vis_prev, vis_new) in enumerate(zip(prev.vis.tolist(), seg.vis.tolist())):
+            before = sum(1 for v in vis_prev if v >= 0)
+            kept = sorted(v for v in vis_new if v >= 0)
+            self.recorder.rows[row].drops.append((layer_count, before, kept))
+        return new_hidden
+
+    def _forced_keep(self, s: int, prev: Segment, valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        assert self.forced is not None
+        per_prompt = self.forced[s - 1]
+        rows = prev.vis.shape[0]
+        repeat = rows // len(per_prompt)
+        keep = valid & ~visual
+        for row in range(rows):
+            wanted = torch.tensor(per_prompt[row // repeat], dtype=torch.long, device=prev.vis.device)
+            keep[row] |= visual[row] & torch.isin(prev.vis[row], wanted)
+        return keep
+
+    # -- decode ---------------------------------------------------------------------------------
+    def _decode_segment(self, s: int, index: int, hidden: torch.Tensor, kwargs: dict) -> None:
+        state = self.state
+        assert state is not None
+        seg = state.segments[s]
+        past = kwargs.get("past_key_values")
+        b = hidden.shape[0]
+        seen = past.get_seq_length(index) if past is not None else 0
+        new_cols = seen + hidden.shape[1] - seg.mask2d.shape[1]
+        full = self._decode_mask
+        if full is not None:
+            extra = full[:, full.shape[1] - new_cols :].to(seg.mask2d)
+        else:
+            extra = torch.ones(b, new_cols, dtype=seg.mask2d.dtype, device=seg.mask2d.device)
+        mask2d = torch.cat([seg.mask2d, extra], dim=1)
+        positions = kwargs["position_ids"]
+        positions = positions.expand(b, -1) if positions.shape[0] != b else positions
+        positions = positions - seg.shift.unsqueeze(1)
+        seg.kwargs = self._segment_kwargs(index, hidden, mask2d, positions, past)
+
+    def _segment_kwargs(
+        self, index: int, hidden: torch.Tensor, mask2d: torch.Tensor, positions: torch.Tensor, past: Any
+    ) -> dict[str, Any]:
+        # always an explicit 2-D mask: gapped positions (keep mode) must never be read as packed sequences
+        mask = create_causal_mask(
+            config=self.lm.config,
+            inputs_embeds=hidden,
+            attention_mask=mask2d,
+            past_key_values=past,
+            position_ids=positions,
+            layer_idx=index,
+        )
+        return {
+            "attention_mask": mask,
+            "position_ids": positions,
+            "position_embeddings": self.rotary(hidden, positions),
+        }

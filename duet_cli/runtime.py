@@ -1,0 +1,262 @@
+"""Loading a model and running prompts through it under an applied profile, returning a ReductionTrace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from duet_cli.engine.session import ReductionSession
+from duet_cli.errors import InputError, ModelNotFoundError, UsageError
+from duet_cli.families import get_adapter
+from duet_cli.families.base import FamilyAdapter
+from duet_cli.trace import ReductionTrace, SampleTrace, Timings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything needed to prompt it."""
+
+    name: str
+    model: nn.Module
+    processor: Any
+    tokenizer: Any
+    adapter: FamilyAdapter
+    template: str
+    dtype: torch.dtype
+    device: torch.device
+    untrained: bool = False
+    default_profile: str = "baseline"
+
+
+@dataclass
+class Prompt:
+    question: str
+    images: list[Image.Image] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    answers: list[str]
+    trace: ReductionTrace
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device (try cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """Load a catalog name, a local folder or a hub id (offline-aware) with its processor."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from duet_cli.catalog import DEFAULT_MODEL, resolve_model
+
+    resolved = resolve_model(spec or DEFAULT_MODEL)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    kwargs = {"local_files_only": resolved.local_files_only}
+    try:
+        config = AutoConfig.from_pretrained(resolved.source, **kwargs)
+        adapter = get_adapter(config)
+        model = AutoModelForImageTextToText.from_pretrained(resolved.source, dtype=torch_dtype, **kwargs)
+        processor = AutoProcessor.from_pretrained(resolved.source, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"could not load model '{resolved.spec}' from {resolved.source}: {first}"
+        ) from None
+    model = model.to(dev).eval()
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    card = resolved.card
+    return LoadedModel(
+        name=card.name if card else resolved.spec,
+        model=model,
+        processor=processor,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        template=card.chat_template if card else DEFAULT_TEMPLATE,
+        dtype=torch_dtype,
+        device=dev,
+        untrained=bool(card and card.untrained),
+        default_profile=card.default_profile if card else "baseline",
+    )
+
+
+def _check_question(question: str, placeholder: str) -> None:
+    if not question or not question.strip():
+        raise InputError("the question is empty")
+    if placeholder in question:
+        raise InputError(f"the question may not contain the image placeholder {placeholder}")
+
+
+def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """Tokenized, left-padded prompts with `tokens_per_image` placeholders per image, plus pixels."""
+    from duet_cli.families.llava import IMAGE_PLACEHOLDER
+    from duet_cli.methods.pyramiddrop.salient import salient_spans, salient_token_mask
+
+    per_image = session.tokens_per_image
+    texts, starts = [], []
+    for p in prompts:
+        _check_question(p.question, IMAGE_PLACEHOLDER)
+        text, start = loaded.adapter.build_prompt(loaded.template, p.question, len(p.images), per_image)
+        texts.append(text)
+        starts.append(start)
+    salient = session.llm is not None and session.resolved.queries == "salient"
+    enc = loaded.tokenizer(texts, padding=True, return_tensors="pt", return_offsets_mapping=salient)
+    image_id = loaded.adapter.image_token_id(loaded.model)
+    counts = (enc["input_ids"] == image_id).sum(dim=1).tolist()
+    for p, n in zip(prompts, counts):
+        if n != per_image * len(p.images):
+            raise InputError(f"prompt has {n} image placeholders, expected {per_image * len(p.images)}")
+    inputs: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    images = [img for p in prompts for img in p.images]
+    if images:
+        pixel_values = loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        inputs["pixel_values"] = pixel_values.to(loaded.dtype)
+    if salient:
+        rows = []
+        for offsets, p, start in zip(enc["offset_mapping"].tolist(), prompts, starts):
+            rows.append(
+                salient_token_mask([tuple(o) for o in offsets], salient_spans(p.question), base=start)
+            )
+        assert session.llm is not None
+        session.llm.query_override = torch.tensor(rows, dtype=torch.bool)
+    return {k: v.to(loaded.device) for k, v in inputs.items()}
+
+
+def assemble_trace(
+    session: ReductionSession, prompts: Sequence[Prompt], rows_per_prompt: int
+) -> ReductionTrace:
+    """Per-prompt records from what the hooks saw (each prompt once, whatever the beam count)."""
+    rec, dims, resolved = session.recorder, session.dims, session.resolved
+    num_layers = dims.num_layers
+    starts = [0, *resolved.llm_layers]
+    samples: list[SampleTrace] = []
+    image_cursor = 0
+    for i, p in enumerate(prompts):
+        n_img = len(p.images)
+        images = rec.images[image_cursor : image_cursor + n_img] if resolved.vision is not None else []
+        image_cursor += n_img
+        n0 = session.tokens_per_image * n_img
+        sample = SampleTrace(
+            images=images, unreduced_visual_tokens=dims.unreduced_tokens * n_img, visual_tokens_in=n0
+        )
+        counts = [n0]
+        if rec.rows:
+            row = rec.rows[i * rows_per_prompt]
+            sample.visual_tokens_in = row.n0
+            counts = [row.n0]
+            for layer, before, kept in row.drops:
+                from duet_cli.trace import DropPoint
+
+                sample.drops.append(DropPoint(layer=layer, n_before=before, kept=kept))
+                counts.append(len(kept))
+        bounds = [*starts[: len(counts)], num_layers]
+        sample.ledger = [c for s, c in enumerate(counts) for _ in range(bounds[s + 1] - bounds[s])]
+        samples.append(sample)
+    timings = Timings(rec.vision_s, rec.prefill_s, rec.decode_s, rec.decode_steps)
+    return ReductionTrace(profile=resolved.name, num_layers=num_layers, samples=samples, timings=timings)
+
+
+def run(
+    loaded: LoadedModel,
+    session: ReductionSession,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 32,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    **generate_kwargs: Any,
+) -> RunResult:
+    """Answer a batch of prompts under the applied profile."""
+    if not prompts:
+        raise InputError("no prompts to run")
+    if max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    if session.llm is not None and any(
+        k in generate_kwargs for k in ("assistant_model", "prompt_lookup_num_tokens")
+    ):
+        from duet_cli.errors import UnsupportedSetupError
+
+        raise UnsupportedSetupError(
+            "assisted decoding is not supported with an llm stage (decode runs one token at a time)"
+        )
+    inputs = build_inputs(loaded, session, prompts)
+    session.recorder.reset()
+    torch.manual_seed(seed)
+    tok = loaded.tokenizer
+    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            pad_token_id=tok.pad_token_id,
+            **sampling,
+            **generate_kwargs,
+        )
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+    answers = [a.strip() for a in tok.batch_decode(new_tokens, skip_special_tokens=True)]
+    rows = max(1, len(session.recorder.rows) // len(prompts)) if session.recorder.rows else 1
+    return RunResult(answers=answers, trace=assemble_trace(session, prompts, rows))
+
+
+def run_batches(
+    loaded: LoadedModel,
+    session: ReductionSession,
+    prompts: Sequence[Prompt],
+    *,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> RunResult:
+    """`run` over consecutive batches, merged into one result (timings summed)."""
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    answers: list[str] = []
+    merged: ReductionTrace | None = None
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        result = run(loaded, session, chunk, **kwargs)
+        answers.extend(result.answers)
+        if merged is None:
+            merged = result.trace
+        else:
+            merged.samples.extend(result.trace.samples)
+            t, u = merged.timings, result.trace.timings
+            t.vision_s += u.vision_s
+            t.prefill_s += u.prefill_s
+            t.decode_s += u.decode_s
+            t.decode_steps += u.decode_steps
+        if on_batch is not None:
+            on_batch(len(chunk))
+    assert merged is not None
+    return RunResult(answers=answers, trace=merged)

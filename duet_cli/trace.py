@@ -1,0 +1,113 @@
+"""ReductionTrace: the one record of what a run kept, per sample, that every command renders.
+
+Plain dataclasses (no torch) so that rendering, JSON and tests never touch model internals.
+Index conventions:
+- stage 1 indices are vision-encoder token indices of one image (CLIP: 0 = CLS, 1..576 = patches in
+  raster order);
+- stage 2 indices are positions among the visual tokens of one sample as they entered the LLM
+  (0..N0-1, all images of the sample concatenated in prompt order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ContextualGroup:
+    """One contextual token: a target token plus the tokens merged into it."""
+
+    target: int
+    members: list[int]
+
+
+@dataclass
+class ImageSelection:
+    """Stage 1 (vision-to-vision) outcome for one image."""
+
+    n_tokens: int  # tokens the encoder produced for this image (CLIP-L/336: 577, CLS included)
+    grid: tuple[int, int]  # patch grid (rows, cols) of this image
+    has_cls: bool  # whether token 0 is a CLS token (not a patch)
+    dominant: list[int]  # kept as they are, in position order (CLS first when present)
+    contextual: list[ContextualGroup]  # merged tokens, in output order
+
+    @property
+    def n_out(self) -> int:
+        return len(self.dominant) + len(self.contextual)
+
+
+@dataclass
+class DropPoint:
+    """Stage 2 (text-to-vision) outcome after `layer` decoder layers for one sample."""
+
+    layer: int  # 1-based: the drop happens after this many decoder layers
+    n_before: int
+    kept: list[int]  # indices into the sample's N0 visual tokens, ascending
+
+
+@dataclass
+class SampleTrace:
+    """Everything one sample (one prompt) went through."""
+
+    images: list[ImageSelection]  # empty when stage 1 is off
+    unreduced_visual_tokens: int  # what the stock model would feed the LLM for this sample
+    visual_tokens_in: int  # N0: visual tokens entering the LLM
+    drops: list[DropPoint] = field(default_factory=list)
+    ledger: list[int] = field(default_factory=list)  # visual tokens seen by each decoder layer
+
+    @property
+    def avg_visual_tokens(self) -> float:
+        return sum(self.ledger) / len(self.ledger) if self.ledger else float(self.visual_tokens_in)
+
+    @property
+    def reduction(self) -> float:
+        """Fraction of the unreduced visual tokens removed, on the per-layer average."""
+        if self.unreduced_visual_tokens == 0:
+            return 0.0
+        return 1.0 - self.avg_visual_tokens / self.unreduced_visual_tokens
+
+    def segments(self) -> list[tuple[int, int, int]]:
+        """(first_layer, last_layer, visual_tokens) per run of equal counts, layers 1-based."""
+        out: list[tuple[int, int, int]] = []
+        for i, n in enumerate(self.ledger, start=1):
+            if out and out[-1][2] == n:
+                out[-1] = (out[-1][0], i, n)
+            else:
+                out.append((i, i, n))
+        return out
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds of one run (synchronized on accelerators)."""
+
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    decode_steps: int = 0
+
+
+@dataclass
+class ReductionTrace:
+    profile: str
+    num_layers: int
+    samples: list[SampleTrace] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def avg_visual_tokens(self) -> float:
+        if not self.samples:
+            return 0.0
+        return sum(s.avg_visual_tokens for s in self.samples) / len(self.samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for s_obj, s_dict in zip(self.samples, d["samples"]):
+            s_dict["avg_visual_tokens"] = s_obj.avg_visual_tokens
+            s_dict["reduction"] = s_obj.reduction
+            s_dict["segments"] = [list(seg) for seg in s_obj.segments()]
+            for img in s_dict["images"]:
+                img["grid"] = list(img["grid"])
+        d["avg_visual_tokens"] = self.avg_visual_tokens
+        return d

@@ -1,0 +1,20 @@
+"""Shared fixtures: tiny models built in code once per session; nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():  # type: ignore[no-untyped-def]
+    from tiny import build_tiny_llava
+
+    return build_tiny_llava(seed=0, depth=8)
