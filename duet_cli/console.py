@@ -6,3 +6,11 @@ from rich.console import Console
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and advisory warnings in CLI output (not at import)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch import nn
 
 from duet_cli.engine.session import ReductionSession
 from duet_cli.errors import InputError, ModelNotFoundError, UsageError
@@ -25,7 +24,7 @@ class LoadedModel:
     """A model with everything needed to prompt it."""
 
     name: str
-    model: nn.Module
+    model: Any
     processor: Any
     tokenizer: Any
     adapter: FamilyAdapter
@@ -81,7 +80,7 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "a
     try:
         config = AutoConfig.from_pretrained(resolved.source, **kwargs)
         adapter = get_adapter(config)
-        model = AutoModelForImageTextToText.from_pretrained(resolved.source, dtype=torch_dtype, **kwargs)
+        model: Any = AutoModelForImageTextToText.from_pretrained(resolved.source, dtype=torch_dtype, **kwargs)
         processor = AutoProcessor.from_pretrained(resolved.source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -16,7 +16,7 @@ from duet_cli.commands.options import (
     ProfileOpt,
     SeedOpt,
 )
-from duet_cli.console import err, out
+from duet_cli.console import err, out, quiet_transformers
 from duet_cli.errors import UsageError
 
 
@@ -61,6 +61,7 @@ def infer(
         raise UsageError("give --question (with --image) or --batch FILE")
     if out_file is not None:
         check_writable(out_file)
+    quiet_transformers()
     items: list[Any] = read_batch(batch) if batch is not None else [(question or "", list(image or []))]
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -39,7 +39,8 @@ class VisionTimer:
     """Times the stock `get_image_features` (used when stage 1 is off, so every run reports vision time)."""
 
     def __init__(self, owner: nn.Module, recorder: Recorder) -> None:
-        self.owner, self.recorder = owner, recorder
+        self.owner: Any = owner
+        self.recorder = recorder
 
     def install(self) -> None:
         _swap_in(self.owner, self._timed)
@@ -89,7 +90,7 @@ class VisionZipStage:
             self._handle = None
         _swap_out(self.owner)
 
-    def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _capture(self, module: Any, args: tuple, kwargs: dict) -> None:
         if not self._armed:
             return None
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

@@ -53,7 +53,7 @@ class PromptState:
 class PyramidDropStage:
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, resolved: Any, recorder: Recorder) -> None:
         self.model, self.adapter, self.resolved, self.recorder = model, adapter, resolved, recorder
-        self.lm = adapter.language_model(model)
+        self.lm: Any = adapter.language_model(model)
         self.layers = adapter.decoder_layers(model)
         self.starts = [0, *resolved.llm_layers]  # first 0-based layer of each segment
         self.image_token_id = adapter.image_token_id(model)

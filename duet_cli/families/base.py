@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -13,44 +13,44 @@ from duet_cli.dims import ModelDims
 class FamilyAdapter(Protocol):
     family: str
 
-    def dims(self, model: nn.Module) -> ModelDims: ...
+    def dims(self, model: Any) -> ModelDims: ...
 
     # -- vision side (stage 1) --
-    def image_features_owner(self, model: nn.Module) -> nn.Module:
+    def image_features_owner(self, model: Any) -> nn.Module:
         """The module whose `get_image_features` method stage 1 replaces (per instance)."""
         ...
 
-    def vision_tower(self, model: nn.Module) -> nn.Module: ...
+    def vision_tower(self, model: Any) -> nn.Module: ...
 
-    def vision_score_layer(self, model: nn.Module) -> nn.Module:
+    def vision_score_layer(self, model: Any) -> nn.Module:
         """The encoder self-attention module whose input gives the CLS query and keys."""
         ...
 
-    def vision_feature_layer(self, model: nn.Module) -> int:
+    def vision_feature_layer(self, model: Any) -> int:
         """Index into the tower's `hidden_states` tuple that the projector reads."""
         ...
 
-    def project(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor: ...
+    def project(self, model: Any, features: torch.Tensor) -> torch.Tensor: ...
 
     # -- language side (stage 2) --
-    def language_model(self, model: nn.Module) -> nn.Module: ...
+    def language_model(self, model: Any) -> nn.Module: ...
 
-    def decoder_layers(self, model: nn.Module) -> nn.ModuleList: ...
+    def decoder_layers(self, model: Any) -> nn.ModuleList: ...
 
-    def image_token_id(self, model: nn.Module) -> int: ...
+    def image_token_id(self, model: Any) -> int: ...
 
-    def rotary_embedding(self, model: nn.Module) -> nn.Module: ...
+    def rotary_embedding(self, model: Any) -> nn.Module: ...
 
     def apply_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate `x` (B, heads, L, head_dim) by `cos`/`sin` (B, L, head_dim)."""
         ...
 
-    def attention_geometry(self, layer: nn.Module) -> tuple[int, int, int, float]:
+    def attention_geometry(self, layer: Any) -> tuple[int, int, int, float]:
         """(num_heads, num_kv_heads, head_dim, scaling) of a decoder layer's self-attention."""
         ...
 
     def query_key(
-        self, layer: nn.Module, hidden: torch.Tensor, rows: torch.Tensor
+        self, layer: Any, hidden: torch.Tensor, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries of hidden[:, rows] and keys of all of hidden, before rotary, head-split.
 

@@ -46,17 +46,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class LlavaAdapter:
     family = "llava"
 
-    def dims(self, model: nn.Module) -> ModelDims:
+    def dims(self, model: Any) -> ModelDims:
         return dims_from_config(model.config)
 
     # -- vision side --------------------------------------------------------------------------
-    def image_features_owner(self, model: nn.Module) -> nn.Module:
+    def image_features_owner(self, model: Any) -> nn.Module:
         return find(model, "owner")  # LlavaModel: generate() and forward() both call its get_image_features
 
-    def vision_tower(self, model: nn.Module) -> nn.Module:
+    def vision_tower(self, model: Any) -> nn.Module:
         return find(model, "tower")
 
-    def vision_feature_layer(self, model: nn.Module) -> int:
+    def vision_feature_layer(self, model: Any) -> int:
         layer = model.config.vision_feature_layer
         if not isinstance(layer, int):
             raise UnsupportedSetupError(
@@ -64,7 +64,7 @@ class LlavaAdapter:
             )
         return layer
 
-    def vision_score_layer(self, model: nn.Module) -> nn.Module:
+    def vision_score_layer(self, model: Any) -> nn.Module:
         """Self-attention of the encoder layer whose output `hidden_states[feature_layer]` is."""
         layers = find(model, "vision_layers")
         n = len(layers)
@@ -75,33 +75,33 @@ class LlavaAdapter:
             raise UnsupportedSetupError("stage 1 cannot score the embedding output (vision_feature_layer=0)")
         return layers[index].self_attn
 
-    def project(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         return find(model, "projector")(features)
 
     # -- language side ------------------------------------------------------------------------
-    def language_model(self, model: nn.Module) -> nn.Module:
+    def language_model(self, model: Any) -> nn.Module:
         return find(model, "lm")
 
-    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+    def decoder_layers(self, model: Any) -> nn.ModuleList:
         return find(model, "layers")
 
-    def image_token_id(self, model: nn.Module) -> int:
+    def image_token_id(self, model: Any) -> int:
         return int(model.config.image_token_id)
 
-    def rotary_embedding(self, model: nn.Module) -> nn.Module:
+    def rotary_embedding(self, model: Any) -> nn.Module:
         return find(model, "rotary")
 
     def apply_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return (x * cos) + (rotate_half(x) * sin)
 
-    def attention_geometry(self, layer: nn.Module) -> tuple[int, int, int, float]:
+    def attention_geometry(self, layer: Any) -> tuple[int, int, int, float]:
         attn = layer.self_attn
         cfg = attn.config
         return cfg.num_attention_heads, cfg.num_key_value_heads, attn.head_dim, float(attn.scaling)
 
     def query_key(
-        self, layer: nn.Module, hidden: torch.Tensor, rows: torch.Tensor
+        self, layer: Any, hidden: torch.Tensor, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
