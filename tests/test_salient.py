@@ -21,9 +21,9 @@ def _words(text: str) -> list[str]:
         ("Is there a red car in the picture? Please answer yes or no.", ["red", "car", "?"]),
         (
             "How many people: adults, children!",
-            ["How", "many", "people", ":", "adults", ",", "children", "!"],
+            ["How", "many", "people", ":", "adults", "children", "!"],
         ),
-        ("Which year, 1999 or 2001?", ["Which", "year", ",", "1999", "2001", "?"]),
+        ("Which year, 1999 or 2001?", ["Which", "year", "1999", "2001", "?"]),
         ("THE Dog; the DOG.", ["Dog", "DOG"]),  # case-insensitive; ; and . are not salient
         ("whose hat? whom did she see? why, when, where... who!", None),
         ("", []),

@@ -1,6 +1,6 @@
 """The rule-based `salient` query rows for stage 2: content words of the question (DESIGN.md section 5).
 
-Deterministic and offline: wh-words, the marks ? ! : , and every word outside a built-in stopword list.
+Deterministic and offline: wh-words, the marks ? ! :, and every word outside a built-in stopword list.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ _STOPWORD_GROUPS = (
 )
 STOPWORDS: frozenset[str] = frozenset(word for group in _STOPWORD_GROUPS for word in group.split())
 
-_TOKEN = re.compile(r"[^\W_]+|[?!:,]")
+_TOKEN = re.compile(r"[^\W_]+|[?!:]")
 
 
 def salient_spans(text: str) -> list[tuple[int, int]]:
     """Character spans (start, end) of the salient parts of `text`, in order.
 
-    Salient: wh-words, the marks ? ! : , and words (runs of letters/digits) not in STOPWORDS,
+    Salient: wh-words, the marks ? ! :, and words (runs of letters/digits) not in STOPWORDS,
     compared case-insensitively.
     """
     spans = []
