@@ -44,7 +44,7 @@ def test_static_cache_passed_to_generate_is_refused(tiny_llava: LlavaForConditio
 
 def test_compiled_model_is_refused(tiny_llava: LlavaForConditionalGeneration) -> None:
     compiled = torch.compile(tiny_llava)
-    with pytest.raises(UnsupportedSetupError, match="torch.compile"), apply_profile(compiled, VISION_ONLY):
+    with pytest.raises(UnsupportedSetupError, match=r"torch\.compile"), apply_profile(compiled, VISION_ONLY):
         pass
 
 

@@ -1,4 +1,4 @@
-"""Stage 1 on the model: the SDPA pre-hook scoring equals eager attention maps, and features equal a naive merge."""
+"""Stage 1 on the model: SDPA pre-hook scoring equals eager attention maps; features equal a naive merge."""
 
 from __future__ import annotations
 
