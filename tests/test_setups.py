@@ -85,3 +85,9 @@ def test_bfloat16_and_sampling_run_with_a_profile(tiny_llava: LlavaForConditiona
         counts = [[len(d[2]) for d in row.drops] for row in session.recorder.rows]
     assert torch.equal(a, b)
     assert counts == [[153, 0]] * 3
+
+
+def test_labels_under_an_llm_stage_are_refused(tiny_llava: LlavaForConditionalGeneration) -> None:
+    inputs = batch_inputs(307, [0])
+    with apply_profile(tiny_llava, DUET), pytest.raises(UnsupportedSetupError, match="labels"):
+        tiny_llava(**inputs, labels=inputs["input_ids"])

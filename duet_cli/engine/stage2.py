@@ -67,6 +67,7 @@ class PyramidDropStage:
 
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
+        self._handles.append(self.model.register_forward_pre_hook(self._refuse_labels, with_kwargs=True))
         owner = self.adapter.image_features_owner(self.model)
         self._handles.append(owner.register_forward_pre_hook(self._capture_ids, with_kwargs=True))
         self._handles.append(self.lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
@@ -83,6 +84,14 @@ class PyramidDropStage:
         self.state = None
 
     # -- hooks ----------------------------------------------------------------------------------
+    def _refuse_labels(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs.get("labels") is not None:
+            raise UnsupportedSetupError(
+                "a forward with labels under an llm stage would misalign labels with the kept tokens; "
+                "training with stage 2 goes through duet's training path"
+            )
+        return None
+
     def _capture_ids(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._pending_ids = ids
