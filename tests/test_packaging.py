@@ -1,4 +1,4 @@
-"""The wheel carries models/ and profiles/ as package data, and an installed (non-editable) copy finds them."""
+"""The wheel carries models/ and profiles/ as package data, and an installed copy finds them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_wheel_ships_models_and_profiles(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
         check=True,
         capture_output=True,
     )
@@ -37,7 +48,9 @@ def test_wheel_ships_models_and_profiles(tmp_path: Path) -> None:
         "print(profiles_dir()); print(load_profile('duet-192').name); print(get_card('tiny-llava').path)"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     lines = out.stdout.splitlines()
     assert lines[0].startswith(str(target))
     assert lines[1] == "duet-192"
