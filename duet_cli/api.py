@@ -19,7 +19,7 @@ from typing import Any
 from duet_cli.engine.session import ReductionSession, apply_profile
 from duet_cli.media import load_image
 from duet_cli.profiles import load_profile, resolve_profile
-from duet_cli.runtime import LoadedModel, Prompt, RunResult, load_model, run, run_batches
+from duet_cli.runtime import LoadedModel, Prompt, RunResult, check_question, load_model, run, run_batches
 from duet_cli.trace import ReductionTrace
 
 __all__ = [
@@ -82,6 +82,8 @@ def infer(
         questions.append(q)
         paths.append([str(p) for p in imgs])
         ids.append(i)
+    for q in questions:
+        check_question(q)
     prompts = [Prompt(q, [load_image(p) for p in ps]) for q, ps in zip(questions, paths)]
     if profile is not None:
         load_profile(profile)  # a typo fails before the model loads

@@ -273,7 +273,8 @@ def resolve_profile(profile: Profile, dims: ModelDims) -> ResolvedProfile:
                     + (" (drops must come before the last layer)" if layer == depth else "")
                 )
     if errors:
-        raise ProfileError(_error_message(profile.name, errors))
+        user_file = profile.source is not None and profile.source.parent.resolve() != profiles_dir().resolve()
+        raise ProfileError(_error_message(str(profile.source) if user_file else profile.name, errors))
     return ResolvedProfile(
         name=profile.name,
         hash=profile.hash,

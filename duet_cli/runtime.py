@@ -105,7 +105,8 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "a
     )
 
 
-def _check_question(question: str, placeholder: str) -> None:
+def check_question(question: str, placeholder: str = "<image>") -> None:
+    """Refuse an empty question, or one that smuggles in the image placeholder."""
     if not question or not question.strip():
         raise InputError("the question is empty")
     if placeholder in question:
@@ -120,7 +121,7 @@ def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequen
     per_image = session.tokens_per_image
     texts, starts = [], []
     for p in prompts:
-        _check_question(p.question, IMAGE_PLACEHOLDER)
+        check_question(p.question, IMAGE_PLACEHOLDER)
         text, start = loaded.adapter.build_prompt(loaded.template, p.question, len(p.images), per_image)
         texts.append(text)
         starts.append(start)
