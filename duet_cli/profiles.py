@@ -26,12 +26,13 @@ TOP_LEVEL_FIELDS = ("name", "description", "vision", "llm")
 
 
 class VisionStage(Protocol):
-    """What resolution needs from any stage-1 config (VisionZipConfig today)."""
+    """What resolution needs from any stage-1 config (visionzip, random, pool)."""
 
     @property
-    def dominant(self) -> int: ...
+    def method(self) -> str: ...
     @property
-    def contextual(self) -> int: ...
+    def tokens(self) -> int: ...
+    def check(self, dims: ModelDims) -> list[str]: ...
     def summary(self) -> str: ...
     def model_dump(self, *, mode: str = ...) -> dict[str, Any]: ...
 
@@ -206,7 +207,7 @@ class ResolvedProfile:
         """Visual tokens one image hands the LLM (N0 for a one-image prompt)."""
         if self.vision is None:
             return dims.unreduced_tokens
-        return self.vision.dominant + self.vision.contextual
+        return self.vision.tokens
 
     def keep_counts(self, n0: int) -> list[int]:
         """floor(n0 * ratio) per drop point, exact (decimal ratios read as written, no float rounding)."""
@@ -242,15 +243,7 @@ def resolve_profile(profile: Profile, dims: ModelDims) -> ResolvedProfile:
     errors: list[str] = []
     vision = profile.vision
     if vision is not None:
-        total = vision.dominant + vision.contextual
-        if total > dims.vision_tokens:
-            cls = " (CLS included)" if dims.has_cls else ""
-            errors.append(
-                f"vision: dominant + contextual = {total} exceeds the {dims.vision_tokens} tokens "
-                f"the vision encoder emits{cls}"
-            )
-        if dims.has_cls and vision.dominant < 1:
-            errors.append("vision.dominant: must be >= 1 (it includes the CLS token)")
+        errors.extend(vision.check(dims))
     layers: list[int] = []
     llm = profile.llm
     if llm is not None and llm.at_depth is not None:

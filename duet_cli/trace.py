@@ -31,6 +31,7 @@ class ImageSelection:
     has_cls: bool  # whether token 0 is a CLS token (not a patch)
     dominant: list[int]  # kept as they are, in position order (CLS first when present)
     contextual: list[ContextualGroup]  # merged tokens, in output order
+    method: str = "visionzip"  # visionzip: target + mean(members); pool: mean of target and members
 
     @property
     def n_out(self) -> int:

@@ -34,9 +34,18 @@ SHIPPED = [
     "duet-128",
     "duet-192",
     "duet-64",
+    "fastv-128",
+    "fastv-192",
+    "fastv-64",
     "pdrop-128",
     "pdrop-192",
     "pdrop-64",
+    "pool-121",
+    "pool-196",
+    "pool-64",
+    "random-128",
+    "random-192",
+    "random-64",
     "visionzip-128",
     "visionzip-192",
     "visionzip-64",
@@ -119,6 +128,35 @@ def test_duet_arithmetic(name: str, n0: int, layers32: list[int], counts: list[i
         assert resolved.avg_visual_tokens(n0) == avg
         assert resolved.queries == "after_image"
         assert resolved.positions == "renumber"
+
+
+@pytest.mark.parametrize(
+    ("name", "keep32", "avg32", "avg8"),
+    [
+        # FastV, drop after layer 2: floor(576*0.2882)=166, floor(576*0.1702)=98, floor(576*0.0521)=30
+        ("fastv-192", 166, (2 * 576 + 30 * 166) / 32, (2 * 576 + 6 * 166) / 8),  # 191.625
+        ("fastv-128", 98, (2 * 576 + 30 * 98) / 32, (2 * 576 + 6 * 98) / 8),  # 127.875
+        ("fastv-64", 30, (2 * 576 + 30 * 30) / 32, (2 * 576 + 6 * 30) / 8),  # 64.125
+    ],
+)
+def test_fastv_arithmetic(name: str, keep32: int, avg32: float, avg8: float) -> None:
+    profile = load_profile(name)
+    assert profile.llm is not None and profile.llm.queries == "all" and profile.llm.positions == "keep"
+    resolved = resolve_profile(profile, llava(32))
+    assert resolved.llm_layers == [2] and resolved.keep_counts(576) == [keep32]
+    assert resolved.avg_visual_tokens(576) == avg32
+    assert resolve_profile(profile, llava(8)).avg_visual_tokens(576) == avg8
+    with pytest.raises(ProfileError, match=r"llm\.layers\[0\]"):
+        resolve_profile(profile, llava(2))  # too shallow to drop after layer 2
+
+
+@pytest.mark.parametrize(("name", "tokens"), [("pool-196", 196), ("pool-121", 121), ("pool-64", 64)])
+def test_pool_and_random_token_counts(name: str, tokens: int) -> None:
+    for shipped in (name, f"random-{ {196: 192, 121: 128, 64: 64}[tokens] }".replace(" ", "")):
+        resolved = resolve_profile(load_profile(shipped), llava(32))
+        count = resolved.tokens_per_image(llava(32))
+        assert resolved.avg_visual_tokens(count) == count
+    assert resolve_profile(load_profile(name), llava(32)).tokens_per_image(llava(32)) == tokens
 
 
 def test_duet_192_ledger_on_8_layers() -> None:
@@ -219,7 +257,7 @@ def test_hash_ignores_name_formatting_and_defaults(tmp_path: Path) -> None:
 
 
 def test_registry() -> None:
-    assert available("vision") == ["visionzip"] and available("llm") == ["pyramiddrop"]
+    assert available("vision") == ["pool", "random", "visionzip"] and available("llm") == ["pyramiddrop"]
     assert get_method("visionzip", "vision").config_cls is VisionZipConfig
     assert get_method("pyramiddrop", "llm").config_cls is PyramidDropConfig
     with pytest.raises(
@@ -302,7 +340,8 @@ BAD = [
     (
         "unknown-method",
         "vision:\n  method: visonzip\n  dominant: 3\n",
-        "vision.method: unknown method 'visonzip'. Did you mean: visionzip? Available: visionzip",
+        "vision.method: unknown method 'visonzip'. Did you mean: visionzip? "
+        "Available: pool, random, visionzip",
     ),
     ("method-wrong-stage", "llm:\n  method: visionzip\n", "'visionzip' is a vision-stage method"),
     ("method-missing", "llm:\n  layers: [8]\n", "llm.method: missing (available: pyramiddrop)"),
@@ -384,7 +423,7 @@ def test_refused_when_at_depth_rounds_to_layer_zero(tmp_path: Path) -> None:
     with pytest.raises(ProfileError) as info:
         resolve_profile(profile, llava(8))
     assert str(info.value) == (
-        "p: llm.at_depth[0]: 0.05 x 8 layers rounds to layer 0; "
+        f"{profile.source}: llm.at_depth[0]: 0.05 x 8 layers rounds to layer 0; "
         "this profile cannot be realised on a model with 8 decoder layers"
     )
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from duet_cli.engine.recorder import LanguageModelTimer, Recorder
 from duet_cli.engine.setup_checks import check_model_setup
-from duet_cli.engine.stage1 import VisionTimer, VisionZipStage
+from duet_cli.engine.stage1 import VisionStage1, VisionTimer
 from duet_cli.engine.stage2 import PyramidDropStage
 from duet_cli.errors import HookError
 from duet_cli.families import get_adapter
@@ -33,8 +33,8 @@ class ReductionSession:
         self.dims = adapter.dims(model)
         self.recorder = Recorder()
         owner = adapter.image_features_owner(model)
-        self.vision: VisionZipStage | VisionTimer = (
-            VisionZipStage(model, adapter, resolved.vision, self.recorder)
+        self.vision: VisionStage1 | VisionTimer = (
+            VisionStage1(model, adapter, resolved.vision, self.recorder)
             if resolved.vision is not None
             else VisionTimer(owner, self.recorder)
         )

@@ -1,13 +1,14 @@
-"""Stage 1 on CLIP towers: VisionZip selection on the feature layer, with the tower kept on SDPA.
+"""Stage 1 on CLIP towers: a registered method reduces the feature-layer tokens before the projector.
 
-The CLS query and the keys come from a forward pre-hook on the scoring layer's self-attention (its
-input is already layer-normed), so no encoder layer ever runs in eager mode to return attention maps.
-`get_image_features` is replaced on the model *instance* (never the class), which is what both
-`forward()` and `generate()` call.
+Methods that rank by CLS attention (VisionZip) get the CLS query and the keys from a forward pre-hook
+on the scoring layer's self-attention (its input is already layer-normed), so the tower stays on SDPA
+and no encoder layer runs in eager mode to return attention maps. `get_image_features` is replaced on
+the model *instance* (never the class), which is what both `forward()` and `generate()` call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,24 +16,12 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from duet_cli.engine.recorder import Recorder, Stopwatch
+from duet_cli.engine.stage1_inputs import Stage1Inputs
 from duet_cli.errors import HookError
 from duet_cli.families.base import FamilyAdapter
-from duet_cli.methods.visionzip.select import Stage1Selection, cls_attention_scores, select_and_merge
-from duet_cli.trace import ContextualGroup, ImageSelection
-
-
-def image_selections(sel: Stage1Selection, n_tokens: int, grid: tuple[int, int]) -> list[ImageSelection]:
-    """Per-image trace records from a batched selection."""
-    out = []
-    assign = sel.assign.tolist()
-    for b, (dominant, targets) in enumerate(zip(sel.dominant.tolist(), sel.targets.tolist())):
-        members: list[list[int]] = [[] for _ in targets]
-        for token, slot in enumerate(assign[b]):
-            if slot >= 0 and token != targets[slot]:
-                members[slot].append(token)
-        groups = [ContextualGroup(target=t, members=m) for t, m in zip(targets, members)]
-        out.append(ImageSelection(n_tokens, grid, True, dominant, groups))
-    return out
+from duet_cli.methods import implementations as _implementations  # noqa: F401  (registers apply functions)
+from duet_cli.methods.registry import get_method
+from duet_cli.methods.visionzip.select import cls_attention_scores
 
 
 class VisionTimer:
@@ -70,10 +59,15 @@ class VisionTimer:
         return result
 
 
-class VisionZipStage:
+class VisionStage1:
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, config: Any, recorder: Recorder) -> None:
         self.model, self.adapter, self.config, self.recorder = model, adapter, config, recorder
         self.owner = adapter.image_features_owner(model)
+        apply_fn = get_method(config.method, "vision").apply
+        if apply_fn is None:
+            raise HookError(f"stage-1 method {config.method!r} has no apply function registered")
+        self.apply_fn: Callable[..., Any] = apply_fn
+        self.needs_scores = bool(getattr(config, "needs_scores", False))
         self.score_attn = adapter.vision_score_layer(model)
         self.dims = adapter.dims(model)
         self._armed = False
@@ -81,7 +75,8 @@ class VisionZipStage:
         self._handle: Any = None
 
     def install(self) -> None:
-        self._handle = self.score_attn.register_forward_pre_hook(self._capture, with_kwargs=True)
+        if self.needs_scores:
+            self._handle = self.score_attn.register_forward_pre_hook(self._capture, with_kwargs=True)
         _swap_in(self.owner, self.get_image_features)
 
     def remove(self) -> None:
@@ -109,39 +104,33 @@ class VisionZipStage:
         image_sizes: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPooling:
-        """Drop-in for `LlavaModel.get_image_features`: [CLS + dominant, contextual] tokens, projected."""
+        """Drop-in for `LlavaModel.get_image_features`: the method's tokens, projected."""
         watch = Stopwatch(pixel_values.device)
         watch.start()
         tower = self.adapter.vision_tower(self.model)
-        self._armed, self._captured = True, None
+        self._armed, self._captured = self.needs_scores, None
         try:
             outputs = tower(pixel_values, output_hidden_states=True, return_dict=True)
         finally:
             self._armed = False
-        if self._captured is None:
-            raise HookError(
-                "stage 1: the vision scoring hook did not fire; the tower layout is not what duet expects"
-            )
-        q_cls, keys, scale = self._captured
-        self._captured = None
         hidden = outputs.hidden_states[self.adapter.vision_feature_layer(self.model)]
-        scores = cls_attention_scores(q_cls, keys, scale)
-        cfg = self.config
-        reduced, selection = select_and_merge(
-            hidden,
-            scores,
-            keys.mean(dim=1),
-            dominant=cfg.dominant,
-            contextual=cfg.contextual,
-            mode=cfg.contextual_mode,
-            cluster_width=cfg.cluster_width or 1,  # unused by the uniform mode
-            has_cls=True,
-        )
+        inputs = Stage1Inputs(hidden, pixel_values, self.dims.grid, self.dims.has_cls)
+        if self.needs_scores:
+            if self._captured is None:
+                raise HookError(
+                    "stage 1: the vision scoring hook did not fire; the tower is not laid out as expected"
+                )
+            q_cls, keys, scale = self._captured
+            self._captured = None
+            inputs.scores = cls_attention_scores(q_cls, keys, scale)
+            inputs.keys = keys.mean(dim=1)
+        reduced, selections = self.apply_fn(inputs, self.config)
         features = self.adapter.project(self.model, reduced)
-        self.recorder.images.extend(image_selections(selection, hidden.shape[1], self.dims.grid))
+        self.recorder.images.extend(selections)
         self.recorder.vision_s += watch.stop()
+        per_image: Any = list(features)  # LLaVA reads pooler_output as one tensor per image
         return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state, pooler_output=list(features)
+            last_hidden_state=outputs.last_hidden_state, pooler_output=per_image
         )
 
 

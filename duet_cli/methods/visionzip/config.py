@@ -5,11 +5,14 @@ Registers itself as the "visionzip" method of the vision stage on import.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
 from duet_cli.methods.registry import choice, count, issues_error, register_method
+
+if TYPE_CHECKING:
+    from duet_cli.dims import ModelDims
 
 ContextualMode = Literal["uniform", "pooled"]
 DEFAULT_CLUSTER_WIDTH = 4
@@ -23,6 +26,7 @@ class VisionZipConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    needs_scores: ClassVar[bool] = True  # ranks by the encoder's CLS attention
 
     method: Literal["visionzip"] = "visionzip"
     dominant: Annotated[int, BeforeValidator(count(1))]
@@ -55,6 +59,19 @@ class VisionZipConfig(BaseModel):
     def tokens(self) -> int:
         """Tokens each image hands to the projector: dominant (CLS included) + contextual."""
         return self.dominant + self.contextual
+
+    def check(self, dims: ModelDims) -> list[str]:
+        """What this model cannot realise, as dotted-path error lines."""
+        errors = []
+        if self.tokens > dims.vision_tokens:
+            cls = " (CLS included)" if dims.has_cls else ""
+            errors.append(
+                f"vision: dominant + contextual = {self.tokens} exceeds the {dims.vision_tokens} tokens "
+                f"the vision encoder emits{cls}"
+            )
+        if dims.has_cls and self.dominant < 1:
+            errors.append("vision.dominant: must be >= 1 (it includes the CLS token)")
+        return errors
 
     def summary(self) -> str:
         """One line for tables: 'visionzip 300+7 pooled w=4'."""
