@@ -8,7 +8,9 @@ import sys
 import typer
 
 from duet_cli.commands import infer as infer_cmd
+from duet_cli.commands import profile as profile_cmd
 from duet_cli.commands import profiles as profiles_cmd
+from duet_cli.commands import visualize as visualize_cmd
 
 app = typer.Typer(
     name="duet",
@@ -19,6 +21,8 @@ app = typer.Typer(
 )
 app.command("infer")(infer_cmd.infer)
 app.add_typer(profiles_cmd.app, name="profiles")
+app.command("visualize")(visualize_cmd.visualize)
+app.command("profile")(profile_cmd.profile)
 
 
 def main() -> None:

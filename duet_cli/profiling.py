@@ -1,0 +1,445 @@
+"""What `duet profile` computes: per profile, FLOPs in two conventions and KV-cache bytes (from the
+architecture numbers and the token ledger), and measured vision / prefill / decode times and peak memory.
+
+`analyze` is pure arithmetic (see duet_cli/flops.py); `profile_config_only` needs no weights and no torch;
+`profile_measured` loads the model once and runs every profile on it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from duet_cli.dims import ModelDims
+from duet_cli.errors import UsageError
+from duet_cli.flops import (
+    Architecture,
+    FlopPair,
+    KvCache,
+    PrefillFlops,
+    VisionFlops,
+    decode_step_flops,
+    kv_cache_bytes,
+    prefill_flops,
+    stage1_scoring_flops,
+    stage2_ranking_flops,
+    tokens_per_layer,
+    vision_flops,
+)
+from duet_cli.profiles import ResolvedProfile
+
+DEFAULT_QUESTION = "What shapes are in this image, and what colors are they?"
+# Without a tokenizer (--config-only) the prompt's text tokens are assumed: BOS + the LLaVA-1.5 chat
+# template "USER: <image>\n{question} ASSISTANT:" around a question of about a dozen words.
+DEFAULT_TEXT_TOKENS = 24
+CONFIG_ONLY_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}  # checkpoints ship in 16 bit
+
+
+@dataclass
+class Analysis:
+    """The arithmetic of one profile on one model for a batch of identical one-image prompts."""
+
+    profile: str
+    hash: str
+    tokens_in: int  # N0 per sample
+    unreduced: int  # what the stock model feeds the LLM per sample
+    ledger: list[int]  # visual tokens per decoder layer, per sample
+    text_tokens: int  # per sample
+    batch: int
+    vision: VisionFlops  # per sample
+    prefill: PrefillFlops  # per sample
+    decode: FlopPair  # per sample, one step right after prefill
+    kv: KvCache  # per sample
+
+    @property
+    def avg_visual_tokens(self) -> float:
+        return sum(self.ledger) / len(self.ledger)
+
+
+def query_rows(resolved: ResolvedProfile, tokens: int, after_image: int) -> int:
+    """Query rows stage 2 ranks with; `salient` is bounded above by the tokens after the image."""
+    if resolved.queries == "last":
+        return 1
+    if resolved.queries == "all":
+        return tokens
+    return after_image
+
+
+def analyze(
+    arch: Architecture,
+    resolved: ResolvedProfile,
+    dims: ModelDims,
+    *,
+    text_tokens: int,
+    after_image_tokens: int,
+    bytes_per_element: int,
+    batch: int = 1,
+    ledger: Sequence[int] | None = None,
+) -> Analysis:
+    """FLOPs and KV bytes of `resolved`; `ledger` defaults to the profile's arithmetic for one image."""
+    n0 = resolved.tokens_per_image(dims)
+    visual = list(ledger) if ledger is not None else resolved.ledger(n0)
+    n0 = visual[0]
+    scoring = 0
+    cfg: Any = resolved.vision
+    # VisionZip scores with the encoder's own q/k; other stage-1 methods (pooling, random) add no products
+    if cfg is not None and getattr(cfg, "method", None) == "visionzip":
+        scoring = stage1_scoring_flops(
+            arch.vision,
+            dominant=cfg.dominant,
+            contextual=cfg.contextual,
+            mode=str(getattr(cfg, "contextual_mode", "uniform")),
+            cluster_width=int(getattr(cfg, "cluster_width", None) or 1),
+        )
+    ranking = 0
+    for layer in resolved.llm_layers:  # tokens entering the layer after the drop point, before the drop
+        tokens = text_tokens + visual[layer - 1]
+        rows = query_rows(resolved, tokens, after_image_tokens)
+        ranking += stage2_ranking_flops(arch.text, tokens=tokens, query_rows=rows)
+    per_layer = tokens_per_layer(visual, text_tokens)
+    return Analysis(
+        profile=resolved.name,
+        hash=resolved.hash,
+        tokens_in=n0,
+        unreduced=dims.unreduced_tokens,
+        ledger=visual,
+        text_tokens=text_tokens,
+        batch=batch,
+        vision=vision_flops(arch, images=1, tokens_to_llm_per_image=n0, scoring_per_image=scoring),
+        prefill=prefill_flops(arch.text, visual, text_tokens, ranking=ranking),
+        decode=decode_step_flops(arch.text, per_layer),
+        kv=kv_cache_bytes(arch.text, per_layer, bytes_per_element),
+    )
+
+
+@dataclass
+class Measured:
+    vision_ms: list[float]
+    prefill_ms: list[float]
+    decode_ms_per_token: list[float]
+    peak_memory_bytes: int | None  # CUDA max_memory_allocated; None on other devices
+
+
+@dataclass
+class ProfileRow:
+    analysis: Analysis
+    measured: Measured | None = None
+
+
+@dataclass
+class ProfileReport:
+    model: str
+    config_only: bool
+    untrained: bool
+    rows: list[ProfileRow]
+    batch: int
+    text_tokens: int
+    text_tokens_source: str  # "tokenizer" | "assumed" | "--text-tokens"
+    bytes_per_element: int
+    num_layers: int
+    repeats: int = 0
+    warmup: int = 0
+    max_new_tokens: int = 0
+    image: str | None = None
+    question: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    process_max_rss_bytes: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def with_baseline(names: Sequence[str]) -> list[str]:
+    """The requested profiles, deduplicated in order, with `baseline` first."""
+    out = ["baseline"]
+    for n in names:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def resolve_all(names: Sequence[str], dims: ModelDims) -> list[ResolvedProfile]:
+    from duet_cli.profiles import load_profile, resolve_profile
+
+    return [resolve_profile(load_profile(n), dims) for n in with_baseline(names)]
+
+
+def _arch_for(spec: str) -> Architecture:
+    """Architecture numbers from a catalog card, else from the model's config.json (no weights)."""
+    from duet_cli.catalog import get_card, list_cards, resolve_model
+    from duet_cli.errors import ModelNotFoundError
+
+    if spec in {c.name for c in list_cards()}:
+        return Architecture.from_card(get_card(spec).architecture)
+    resolved = resolve_model(spec)
+    if resolved.card is not None:
+        return Architecture.from_card(resolved.card.architecture)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.source, local_files_only=resolved.local_files_only)
+        return Architecture.from_config(config)
+    except Exception as exc:  # one line, whatever transformers raised
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"cannot read the architecture of model {spec!r}: {first}") from exc
+
+
+def profile_config_only(
+    model: str,
+    profiles: Sequence[str],
+    *,
+    text_tokens: int | None = None,
+    dtype: str = "auto",
+    batch: int = 1,
+) -> ProfileReport:
+    """The analytic part only: architecture numbers from the card or config, ledgers from the profiles."""
+    from duet_cli.catalog import DEFAULT_MODEL, dims_for
+
+    spec = model or DEFAULT_MODEL
+    if dtype not in CONFIG_ONLY_BYTES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(CONFIG_ONLY_BYTES)}")
+    dims = dims_for(spec)
+    resolved = resolve_all(profiles, dims)
+    arch = _arch_for(spec)
+    n_text = DEFAULT_TEXT_TOKENS if text_tokens is None else text_tokens
+    bpe = CONFIG_ONLY_BYTES[dtype]
+    rows = [
+        ProfileRow(
+            analyze(
+                arch,
+                r,
+                dims,
+                text_tokens=n_text,
+                after_image_tokens=n_text,
+                bytes_per_element=bpe,
+                batch=batch,
+            )
+        )
+        for r in resolved
+    ]
+    return ProfileReport(
+        model=spec,
+        config_only=True,
+        untrained=False,
+        rows=rows,
+        batch=batch,
+        text_tokens=n_text,
+        text_tokens_source="assumed" if text_tokens is None else "--text-tokens",
+        bytes_per_element=bpe,
+        num_layers=dims.num_layers,
+    )
+
+
+def _text_tokens(loaded: Any, question: str) -> tuple[int, int]:
+    """(text tokens of the prompt, of them after the image block) with the model's own tokenizer."""
+    text, _ = loaded.adapter.build_prompt(loaded.template, question, 1, 1)
+    ids = list(loaded.tokenizer(text)["input_ids"])
+    image_id = loaded.adapter.image_token_id(loaded.model)
+    if image_id not in ids:
+        raise UsageError("the chat template has no image placeholder")
+    return len(ids) - 1, len(ids) - 1 - ids.index(image_id)
+
+
+def _max_rss_bytes() -> int | None:
+    try:
+        import resource
+        import sys
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def profile_measured(
+    model: str | None,
+    profiles: Sequence[str],
+    *,
+    image: Path,
+    question: str,
+    batch: int = 1,
+    repeats: int = 3,
+    warmup: int = 1,
+    max_new_tokens: int = 8,
+    dtype: str = "auto",
+    device: str = "auto",
+    seed: int = 0,
+    on_loaded: Callable[[int], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> ProfileReport:
+    """Load the model once; for each profile run `warmup + repeats` generations of `batch` identical
+    prompts, keep the timings of the last `repeats`, and attach the arithmetic of the measured ledger.
+    `on_loaded(total_steps)` fires once the model is loaded, `on_step(profile)` after every generation."""
+    import torch
+
+    from duet_cli.engine.session import apply_profile
+    from duet_cli.jsonio import provenance
+    from duet_cli.media import load_image
+    from duet_cli.profiles import load_profile
+    from duet_cli.runtime import Prompt, check_question, load_model, run
+
+    if repeats < 1 or warmup < 0 or batch < 1 or max_new_tokens < 1:
+        raise UsageError("--repeats, --batch-size and --max-new-tokens must be >= 1, --warmup >= 0")
+    check_question(question)
+    pil = load_image(image)
+    names = with_baseline(profiles)
+    for n in names:
+        load_profile(n)  # a typo fails before the model loads
+    loaded = load_model(model, dtype=dtype, device=device)
+    dims = loaded.adapter.dims(loaded.model)
+    resolved = resolve_all(names, dims)
+    arch = Architecture.from_config(loaded.model.config)
+    n_text, after_image = _text_tokens(loaded, question)
+    bpe = torch.empty((), dtype=loaded.dtype).element_size()
+    prompts = [Prompt(question, [pil]) for _ in range(batch)]
+    cuda = loaded.device.type == "cuda"
+    if on_loaded is not None:
+        on_loaded(len(resolved) * (warmup + repeats))
+    rows: list[ProfileRow] = []
+    for r in resolved:
+        measured = Measured([], [], [], None)
+        ledger: list[int] | None = None
+        with apply_profile(loaded.model, r) as session:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(loaded.device)
+            for i in range(warmup + repeats):
+                result = run(
+                    loaded,
+                    session,
+                    prompts,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=max_new_tokens,  # equal decode lengths across profiles
+                    seed=seed,
+                )
+                if i >= warmup:
+                    t = result.trace.timings
+                    measured.vision_ms.append(t.vision_s * 1000.0)
+                    measured.prefill_ms.append(t.prefill_s * 1000.0)
+                    if t.decode_steps:
+                        measured.decode_ms_per_token.append(t.decode_s * 1000.0 / t.decode_steps)
+                    ledger = list(result.trace.samples[0].ledger)
+                if on_step is not None:
+                    on_step(r.name)
+            if cuda:
+                measured.peak_memory_bytes = int(torch.cuda.max_memory_allocated(loaded.device))
+        analysis = analyze(
+            arch,
+            r,
+            dims,
+            text_tokens=n_text,
+            after_image_tokens=after_image,
+            bytes_per_element=bpe,
+            batch=batch,
+            ledger=ledger,
+        )
+        rows.append(ProfileRow(analysis, measured))
+    dtype_name = str(loaded.dtype).removeprefix("torch.")
+    prov = provenance(
+        profile_name=",".join(names),
+        profile_hash=",".join(r.hash for r in resolved),
+        profile={r.name: load_profile(r.name).to_dict() for r in resolved},
+        model=loaded.name,
+        dtype=dtype_name,
+        device=str(loaded.device),
+        seed=seed,
+    )
+    return ProfileReport(
+        model=loaded.name,
+        config_only=False,
+        untrained=loaded.untrained,
+        rows=rows,
+        batch=batch,
+        text_tokens=n_text,
+        text_tokens_source="tokenizer",
+        bytes_per_element=bpe,
+        num_layers=dims.num_layers,
+        repeats=repeats,
+        warmup=warmup,
+        max_new_tokens=max_new_tokens,
+        image=str(image),
+        question=question,
+        device=str(loaded.device),
+        dtype=dtype_name,
+        process_max_rss_bytes=None if cuda else _max_rss_bytes(),
+        provenance=prov,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Numbers (what --json prints and the tables show)
+
+
+def _spread(xs: list[float]) -> dict[str, Any] | None:
+    if not xs:
+        return None
+    return {
+        "median": round(statistics.median(xs), 3),
+        "min": round(min(xs), 3),
+        "max": round(max(xs), 3),
+        "runs": [round(x, 3) for x in xs],
+    }
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(num / den, 3) if den else None
+
+
+def report_numbers(report: ProfileReport) -> dict[str, Any]:
+    """Every number of the report, JSON-ready. FLOPs and KV bytes are exact integers for the whole batch."""
+    base = report.rows[0]
+    assert base.analysis.profile == "baseline"
+    b = report.batch
+    base_prefill = base.analysis.prefill
+    base_ms = statistics.median(base.measured.prefill_ms) if base.measured else None
+    rows: list[dict[str, Any]] = []
+    for row in report.rows:
+        a = row.analysis
+        entry: dict[str, Any] = {
+            "profile": a.profile,
+            "hash": a.hash,
+            "tokens_in": a.tokens_in,
+            "unreduced": a.unreduced,
+            "avg_visual_tokens": round(a.avg_visual_tokens, 2),
+            "ledger": a.ledger,
+            "flops": {
+                "vision": {"paper": b * a.vision.paper, "actual": b * a.vision.actual},
+                "prefill": {"paper": b * a.prefill.paper, "actual": b * a.prefill.actual},
+                "decode_step": {"paper": b * a.decode.paper, "actual": b * a.decode.actual},
+                "overhead": {"stage1_scoring": b * a.vision.scoring, "stage2_ranking": b * a.prefill.ranking},
+            },
+            "kv_cache_bytes": b * a.kv.bytes,
+            "bound": _ratio(base_prefill.actual, a.prefill.actual),
+            "bound_paper": _ratio(base_prefill.paper, a.prefill.paper),
+            "measured": None,
+        }
+        m = row.measured
+        if m is not None:
+            prefill_ms = statistics.median(m.prefill_ms)
+            entry["measured"] = {
+                "vision_ms": _spread(m.vision_ms),
+                "prefill_ms": _spread(m.prefill_ms),
+                "decode_ms_per_token": _spread(m.decode_ms_per_token),
+                "peak_memory_bytes": m.peak_memory_bytes,
+                "speedup": _ratio(base_ms, prefill_ms) if base_ms is not None else None,
+            }
+        rows.append(entry)
+    return {
+        "model": report.model,
+        "config_only": report.config_only,
+        "num_layers": report.num_layers,
+        "batch_size": b,
+        "text_tokens": report.text_tokens,
+        "text_tokens_source": report.text_tokens_source,
+        "kv_bytes_per_element": report.bytes_per_element,
+        "attention_counted": "causal",
+        "repeats": report.repeats,
+        "warmup": report.warmup,
+        "max_new_tokens": report.max_new_tokens,
+        "image": report.image,
+        "question": report.question,
+        "device": report.device,
+        "dtype": report.dtype,
+        "process_max_rss_bytes": report.process_max_rss_bytes,
+        "rows": rows,
+    }
