@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from duet_cli.commands import eval_cmd
 from duet_cli.commands import infer as infer_cmd
 from duet_cli.commands import profile as profile_cmd
 from duet_cli.commands import profiles as profiles_cmd
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("infer")(infer_cmd.infer)
+app.command("eval")(eval_cmd.eval_cmd)
 app.add_typer(profiles_cmd.app, name="profiles")
 app.command("visualize")(visualize_cmd.visualize)
 app.command("profile")(profile_cmd.profile)

@@ -1,0 +1,1 @@
+"""`duet eval`: run profiles over benchmarks with resumable predictions, then score and report."""
