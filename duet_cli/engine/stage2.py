@@ -225,15 +225,7 @@ class PyramidDropStage:
             keep = self._forced_keep(s, prev, valid, visual)
         else:
             query = gather_columns(state.query_mask, prev.cols, fill=False) & valid
-            rows, row_valid = query_rows(query)
-            q, k = self.adapter.query_key(layer, hidden, rows)
-            cos_q = gather_columns(cos.expand(b, -1, -1), rows)
-            sin_q = gather_columns(sin.expand(b, -1, -1), rows)
-            q = self.adapter.apply_rope(q, cos_q, sin_q)
-            k = self.adapter.apply_rope(k, cos.expand(b, -1, -1), sin.expand(b, -1, -1))
-            scaling = self.adapter.attention_geometry(layer)[3]
-            scores = text_to_visual_scores(q, k, rows, row_valid, valid, scaling)
-            keep = plan_keep(scores, visual, valid, keep_n)
+            keep = self._rank(layer, hidden, query, valid, visual, keep_n, cos, sin)
         index_map = repack_left(keep)
         new_hidden = gather_columns(hidden, index_map)
         mask2d = gather_columns(prev.mask2d, index_map)
@@ -259,6 +251,35 @@ class PyramidDropStage:
             kept = sorted(v for v in vis_new if v >= 0)
             self.recorder.rows[row].drops.append((layer_count, before, kept))
         return new_hidden
+
+    @torch.no_grad()  # ranking is detached: in training, gradients flow through the kept tokens only
+    def _rank(
+        self,
+        layer: nn.Module,
+        hidden: torch.Tensor,
+        query: torch.Tensor,
+        valid: torch.Tensor,
+        visual: torch.Tensor,
+        keep_n: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        b = hidden.shape[0]
+        rows, row_valid = query_rows(query)
+        q, k = self.adapter.query_key(layer, hidden, rows)
+        cos_q = gather_columns(cos.expand(b, -1, -1), rows)
+        sin_q = gather_columns(sin.expand(b, -1, -1), rows)
+        q = self.adapter.apply_rope(q, cos_q, sin_q)
+        k = self.adapter.apply_rope(k, cos.expand(b, -1, -1), sin.expand(b, -1, -1))
+        scaling = self.adapter.attention_geometry(layer)[3]
+        scores = text_to_visual_scores(q, k, rows, row_valid, valid, scaling)
+        return plan_keep(scores, visual, valid, keep_n)
+
+    def final_columns(self) -> torch.Tensor:
+        """Original prompt column of each column the last layers saw in the latest prefill (-1 = padding)."""
+        if self.state is None:
+            raise HookError("stage 2 has not run a prefill yet")
+        return self.state.segments[-1].cols
 
     def _forced_keep(self, s: int, prev: Segment, valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         assert self.forced is not None
