@@ -7,6 +7,8 @@
     print(result.answers[0], result.trace.samples[0].avg_visual_tokens)
 
 Or in one call: `api.infer("tiny-llava", "duet-192", [("What is shown?", ["cat.png"])])`.
+Video (Video-LLaVA): `api.Prompt("What happens?", videos=[api.load_video("clip.mp4", frames=8)])`, or
+`api.infer("video-llava-7b", "video-duet-960", [("What happens?", [], ["clip.mp4"])], frames=8)`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from duet_cli.media import load_image
 from duet_cli.profiles import load_profile, resolve_profile
 from duet_cli.runtime import LoadedModel, Prompt, RunResult, check_question, load_model, run, run_batches
 from duet_cli.trace import ReductionTrace
+from duet_cli.video import Video, load_video
 
 __all__ = [
     "InferReport",
@@ -29,11 +32,13 @@ __all__ = [
     "ReductionSession",
     "ReductionTrace",
     "RunResult",
+    "Video",
     "apply_profile",
     "infer",
     "load_image",
     "load_model",
     "load_profile",
+    "load_video",
     "run",
 ]
 
@@ -51,13 +56,18 @@ class InferReport:
     answers: list[str]
     trace: ReductionTrace
     provenance: dict[str, Any] = field(default_factory=dict)
+    videos: list[list[str]] = field(default_factory=list)  # video paths per item (empty lists: none)
+    clips: list[list[Video]] = field(default_factory=list)  # the sampled frames of those videos
 
 
 def infer(
     model: str | None,
     profile: str | None,
-    items: Sequence[tuple[str, Sequence[str | Path]] | Any],
+    items: Sequence[
+        tuple[str, Sequence[str | Path]] | tuple[str, Sequence[str | Path], Sequence[str | Path]] | Any
+    ],
     *,
+    frames: int = 8,
     dtype: str = "auto",
     device: str = "auto",
     batch_size: int = 1,
@@ -68,23 +78,32 @@ def infer(
 ) -> InferReport:
     """Load the model, apply the profile, answer every (question, image paths) item in batches.
 
-    The profile and all images are checked before the model is loaded, so bad input fails fast.
-    `items` are (question, paths) pairs or objects with `.question`, `.images` and optional `.id`.
+    The profile, all images and all videos are checked before the model is loaded, so bad input fails
+    fast. `items` are (question, image paths) pairs, (question, image paths, video paths) triples, or
+    objects with `.question`, `.images` and optional `.videos` and `.id`. Each video contributes
+    `frames` frames sampled uniformly.
     """
     from duet_cli.jsonio import provenance
 
-    questions, paths, ids = [], [], []
+    questions, paths, video_paths, ids = [], [], [], []
     for item in items:
         if isinstance(item, tuple):
             q, imgs, i = item[0], item[1], None
+            vids = item[2] if len(item) > 2 else []
         else:
             q, imgs, i = item.question, item.images, getattr(item, "id", None)
+            vids = getattr(item, "videos", None) or []
         questions.append(q)
         paths.append([str(p) for p in imgs])
+        video_paths.append([str(v) for v in vids])
         ids.append(i)
     for q in questions:
         check_question(q)
-    prompts = [Prompt(q, [load_image(p) for p in ps]) for q, ps in zip(questions, paths)]
+        if any(video_paths):
+            check_question(q, "<video>")
+    pictures = [[load_image(p) for p in ps] for ps in paths]
+    clips = [[load_video(v, frames) for v in vs] for vs in video_paths]
+    prompts = [Prompt(q, imgs, clip) for q, imgs, clip in zip(questions, pictures, clips, strict=True)]
     if profile is not None:
         load_profile(profile)  # a typo fails before the model loads
     loaded = load_model(model, dtype=dtype, device=device)
@@ -105,6 +124,9 @@ def infer(
         device=str(loaded.device),
         seed=seed,
     )
+    if any(video_paths):
+        prov["frames"] = frames
+        prov["video_backend"] = sorted({c.backend for clip in clips for c in clip})
     return InferReport(
         model=loaded.name,
         untrained=loaded.untrained,
@@ -115,4 +137,6 @@ def infer(
         answers=result.answers,
         trace=result.trace,
         provenance=prov,
+        videos=video_paths,
+        clips=clips,
     )

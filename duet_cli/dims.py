@@ -16,6 +16,8 @@ class ModelDims:
     has_cls: bool  # whether vision token 0 is a CLS token
     unreduced_tokens: int  # visual tokens per image the stock model feeds the LLM (LLaVA-1.5: 576)
     grid: tuple[int, int]  # patch grid per image (rows, cols)
+    # visual tokens per video frame the stock model feeds the LLM (Video-LLaVA: 257, CLS kept); 0 = no video
+    unreduced_frame_tokens: int = 0
 
 
 def dims_from_config(config: Any) -> ModelDims:
@@ -34,4 +36,21 @@ def dims_from_config(config: Any) -> ModelDims:
             unreduced_tokens=unreduced,
             grid=(side, side),
         )
-    raise ModelNotFoundError(f"model type {model_type!r} is not supported by duet (supported: llava)")
+    if model_type == "video_llava":
+        # two CLIP towers of one config: images drop CLS under the "default" strategy, frames never do
+        vc = config.vision_config
+        side = vc.image_size // vc.patch_size
+        tokens = side * side + 1
+        unreduced = tokens - 1 if config.vision_feature_select_strategy == "default" else tokens
+        return ModelDims(
+            family="video_llava",
+            num_layers=config.text_config.num_hidden_layers,
+            vision_tokens=tokens,
+            has_cls=True,
+            unreduced_tokens=unreduced,
+            grid=(side, side),
+            unreduced_frame_tokens=tokens,
+        )
+    raise ModelNotFoundError(
+        f"model type {model_type!r} is not supported by duet (supported: llava, video_llava)"
+    )

@@ -13,7 +13,8 @@ from duet_cli.engine.session import ReductionSession
 from duet_cli.errors import InputError, ModelNotFoundError, UsageError
 from duet_cli.families import get_adapter
 from duet_cli.families.base import FamilyAdapter
-from duet_cli.trace import ReductionTrace, SampleTrace, Timings
+from duet_cli.trace import ReductionTrace, SampleTrace, Timings, VisualSpan
+from duet_cli.video import Video
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
@@ -39,6 +40,11 @@ class LoadedModel:
 class Prompt:
     question: str
     images: list[Image.Image] = field(default_factory=list)
+    videos: list[Video] = field(default_factory=list)  # each: its sampled frames (duet_cli.video)
+
+    @property
+    def n_frames(self) -> int:
+        return sum(len(v.frames) for v in self.videos)
 
 
 @dataclass
@@ -114,29 +120,42 @@ def check_question(question: str, placeholder: str = "<image>") -> None:
 
 
 def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequence[Prompt]) -> dict[str, Any]:
-    """Tokenized, left-padded prompts with `tokens_per_image` placeholders per image, plus pixels."""
-    from duet_cli.families.llava import IMAGE_PLACEHOLDER
+    """Tokenized, left-padded prompts with `tokens_per_image` placeholders per image (and
+    `tokens_per_frame` per video frame), plus pixels."""
     from duet_cli.methods.pyramiddrop.salient import salient_spans, salient_token_mask
 
-    per_image = session.tokens_per_image
+    adapter = loaded.adapter
+    per_image, per_frame = session.tokens_per_image, session.tokens_per_frame
     texts, starts = [], []
     for p in prompts:
-        check_question(p.question, IMAGE_PLACEHOLDER)
-        text, start = loaded.adapter.build_prompt(loaded.template, p.question, len(p.images), per_image)
+        for placeholder in adapter.placeholders:
+            check_question(p.question, placeholder)
+        if p.videos and not per_frame:
+            raise InputError(f"model {loaded.name} takes images only, not video")
+        video_tokens = [per_frame * len(v.frames) for v in p.videos]
+        text, start = adapter.build_prompt(
+            loaded.template, p.question, len(p.images), per_image, video_tokens=video_tokens
+        )
         texts.append(text)
         starts.append(start)
     salient = session.llm is not None and session.resolved.queries == "salient"
     enc = loaded.tokenizer(texts, padding=True, return_tensors="pt", return_offsets_mapping=salient)
-    image_id = loaded.adapter.image_token_id(loaded.model)
+    image_id = adapter.image_token_id(loaded.model)
     counts = (enc["input_ids"] == image_id).sum(dim=1).tolist()
     for p, n in zip(prompts, counts):
         if n != per_image * len(p.images):
             raise InputError(f"prompt has {n} image placeholders, expected {per_image * len(p.images)}")
+    if any(p.videos for p in prompts):
+        video_id = adapter.visual_token_id(loaded.model, "video")
+        counts = (enc["input_ids"] == video_id).sum(dim=1).tolist()
+        for p, n in zip(prompts, counts):
+            if n != per_frame * p.n_frames:
+                raise InputError(f"prompt has {n} video placeholders, expected {per_frame * p.n_frames}")
     inputs: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     images = [img for p in prompts for img in p.images]
-    if images:
-        pixel_values = loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        inputs["pixel_values"] = pixel_values.to(loaded.dtype)
+    videos = [v.frames for p in prompts for v in p.videos]
+    for key, pixels in adapter.pixel_inputs(loaded.processor, images, videos).items():
+        inputs[key] = pixels.to(loaded.dtype)
     if salient:
         rows = []
         for offsets, p, start in zip(enc["offset_mapping"].tolist(), prompts, starts):
@@ -148,6 +167,21 @@ def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequen
     return {k: v.to(loaded.device) for k, v in inputs.items()}
 
 
+def visual_spans(prompt: Prompt, per_image: int, per_frame: int) -> list[VisualSpan]:
+    """Where each image and each video frame sits among the prompt's visual tokens (images first,
+    then the videos' frames in order: the order the adapters write the placeholders in)."""
+    spans, start = [], 0
+    for i in range(len(prompt.images)):
+        spans.append(VisualSpan("image", i, start, start + per_image))
+        start += per_image
+    for v, video in enumerate(prompt.videos):
+        for f in range(len(video.frames)):
+            source = video.indices[f] if f < len(video.indices) else None
+            spans.append(VisualSpan("frame", v, start, start + per_frame, frame=f, source_frame=source))
+            start += per_frame
+    return spans
+
+
 def assemble_trace(
     session: ReductionSession, prompts: Sequence[Prompt], rows_per_prompt: int
 ) -> ReductionTrace:
@@ -156,14 +190,21 @@ def assemble_trace(
     num_layers = dims.num_layers
     starts = [0, *resolved.llm_layers]
     samples: list[SampleTrace] = []
-    image_cursor = 0
+    image_cursor = frame_cursor = 0
+    per_image, per_frame = session.tokens_per_image, session.tokens_per_frame
     for i, p in enumerate(prompts):
-        n_img = len(p.images)
+        n_img, n_frames = len(p.images), p.n_frames
         images = rec.images[image_cursor : image_cursor + n_img] if resolved.vision is not None else []
+        frames = rec.frames[frame_cursor : frame_cursor + n_frames] if resolved.vision is not None else []
         image_cursor += n_img
-        n0 = session.tokens_per_image * n_img
+        frame_cursor += n_frames
+        n0 = per_image * n_img + per_frame * n_frames
         sample = SampleTrace(
-            images=images, unreduced_visual_tokens=dims.unreduced_tokens * n_img, visual_tokens_in=n0
+            images=images,
+            unreduced_visual_tokens=dims.unreduced_tokens * n_img + dims.unreduced_frame_tokens * n_frames,
+            visual_tokens_in=n0,
+            frames=frames,
+            spans=visual_spans(p, per_image, per_frame) if p.videos else [],
         )
         counts = [n0]
         if rec.rows:

@@ -5,7 +5,9 @@ Index conventions:
 - stage 1 indices are vision-encoder token indices of one image (CLIP: 0 = CLS, 1..576 = patches in
   raster order);
 - stage 2 indices are positions among the visual tokens of one sample as they entered the LLM
-  (0..N0-1, all images of the sample concatenated in prompt order).
+  (0..N0-1, all images of the sample concatenated in prompt order, then each video's frames in order);
+- a video frame is an image to stage 1: `frames` holds one ImageSelection per frame, and `spans` says
+  which stage-2 indices each image and frame owns, so every drop can be read per frame.
 """
 
 from __future__ import annotations
@@ -39,6 +41,22 @@ class ImageSelection:
 
 
 @dataclass
+class VisualSpan:
+    """The stage-2 indices [start, stop) of one image or one video frame within a sample."""
+
+    kind: str  # "image" or "frame"
+    index: int  # which image, or which video, of the sample (0-based, prompt order)
+    start: int
+    stop: int
+    frame: int | None = None  # frames: position in the clip (0-based)
+    source_frame: int | None = None  # frames: frame number in the video file
+
+    def count(self, kept: list[int]) -> int:
+        """How many of `kept` (stage-2 indices) fall in this span."""
+        return sum(1 for k in kept if self.start <= k < self.stop)
+
+
+@dataclass
 class DropPoint:
     """Stage 2 (text-to-vision) outcome after `layer` decoder layers for one sample."""
 
@@ -56,6 +74,12 @@ class SampleTrace:
     visual_tokens_in: int  # N0: visual tokens entering the LLM
     drops: list[DropPoint] = field(default_factory=list)
     ledger: list[int] = field(default_factory=list)  # visual tokens seen by each decoder layer
+    frames: list[ImageSelection] = field(default_factory=list)  # stage 1 per video frame (empty if off)
+    spans: list[VisualSpan] = field(default_factory=list)  # filled when the sample has a video
+
+    def kept_per_span(self, drop: DropPoint) -> list[int]:
+        """Visual tokens of each span (image or frame) still alive after `drop`."""
+        return [span.count(drop.kept) for span in self.spans]
 
     @property
     def avg_visual_tokens(self) -> float:
@@ -108,7 +132,10 @@ class ReductionTrace:
             s_dict["avg_visual_tokens"] = s_obj.avg_visual_tokens
             s_dict["reduction"] = s_obj.reduction
             s_dict["segments"] = [list(seg) for seg in s_obj.segments()]
-            for img in s_dict["images"]:
+            for img in [*s_dict["images"], *s_dict["frames"]]:
                 img["grid"] = list(img["grid"])
+            if s_obj.spans:
+                for drop_obj, drop_dict in zip(s_obj.drops, s_dict["drops"]):
+                    drop_dict["kept_per_span"] = s_obj.kept_per_span(drop_obj)
         d["avg_visual_tokens"] = self.avg_visual_tokens
         return d

@@ -28,6 +28,7 @@ class Record:
     images: list[ImageRef]
     answers: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    videos: list[str | Path] = field(default_factory=list)  # video files (video benchmarks; --frames each)
 
 
 @dataclass

@@ -16,6 +16,9 @@ _MODULES = {
     "gqa": "duet_cli.benchmarks.gqa",
     "scienceqa": "duet_cli.benchmarks.scienceqa",
     "mme": "duet_cli.benchmarks.mme",
+    "msvd": "duet_cli.benchmarks.msvd",
+    "msrvtt": "duet_cli.benchmarks.msrvtt",
+    "tgif": "duet_cli.benchmarks.tgif",
 }
 
 

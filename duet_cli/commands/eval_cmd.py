@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from duet_cli.commands.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SeedOpt
+from duet_cli.commands.options import DeviceOpt, DtypeOpt, FramesOpt, JsonOpt, ModelOpt, SeedOpt
 from duet_cli.console import err, out, quiet_transformers
 from duet_cli.errors import UsageError
 
@@ -26,7 +26,10 @@ def eval_cmd(
     benchmark: Annotated[
         list[str],
         typer.Option(
-            "--benchmark", "-B", help="Benchmark (repeatable): synth, textvqa, pope, gqa, scienceqa, mme."
+            "--benchmark",
+            "-B",
+            help="Benchmark (repeatable): synth, textvqa, pope, gqa, scienceqa, mme; "
+            "video (Video-LLaVA): msvd, msrvtt, tgif.",
         ),
     ],
     profile: Annotated[
@@ -54,6 +57,7 @@ def eval_cmd(
         bool, typer.Option("--strict", help="Fail on a malformed record instead of skipping it.")
     ] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Answer length cap.")] = 16,
+    frames: FramesOpt = 8,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -82,6 +86,7 @@ def eval_cmd(
         device=device,
         seed=seed,
         max_new_tokens=max_new_tokens,
+        frames=frames,
     )
     check_writable(out_dir / "results.json")  # before any model is loaded
     quiet_transformers()

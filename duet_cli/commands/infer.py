@@ -1,4 +1,4 @@
-"""`duet infer`: answer questions about images under a reduction profile and show what was kept."""
+"""`duet infer`: answer questions about images or videos under a reduction profile and show what was kept."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from duet_cli.commands.options import (
     DeviceOpt,
     DtypeOpt,
+    FramesOpt,
     JsonOpt,
     ModelOpt,
     ProfileOpt,
@@ -25,6 +26,11 @@ def infer(
         list[Path] | None, typer.Option("--image", "-i", help="Image file (repeat for several images).")
     ] = None,
     question: Annotated[str | None, typer.Option("--question", "-q", help="The question to ask.")] = None,
+    video: Annotated[
+        list[Path] | None,
+        typer.Option("--video", help="Video file for a video model (Video-LLaVA); repeat for several."),
+    ] = None,
+    frames: FramesOpt = 8,
     batch: Annotated[
         Path | None,
         typer.Option(
@@ -49,20 +55,26 @@ def infer(
         Path | None, typer.Option("--out", help="Also write the JSON document to this file (atomically).")
     ] = None,
 ) -> None:
-    """Answer a question about one or more images, with a table of the visual tokens each stage kept."""
+    """Answer a question about images or videos, with a table of the visual tokens each stage kept."""
     from duet_cli import api
     from duet_cli.batchfile import read_batch
     from duet_cli.jsonio import atomic_write_text, check_writable, to_json
     from duet_cli.render import answers_renderable, infer_numbers, numbers_table, untrained_notice
 
-    if batch is not None and (question is not None or image):
-        raise UsageError("use either --batch FILE or --question/--image, not both")
+    if batch is not None and (question is not None or image or video):
+        raise UsageError("use either --batch FILE or --question/--image/--video, not both")
     if batch is None and question is None:
-        raise UsageError("give --question (with --image) or --batch FILE")
+        raise UsageError("give --question (with --image or --video) or --batch FILE")
     if out_file is not None:
         check_writable(out_file)
     quiet_transformers()
-    items: list[Any] = read_batch(batch) if batch is not None else [(question or "", list(image or []))]
+    items: list[Any]
+    if batch is not None:
+        items = list(read_batch(batch))
+    elif video:
+        items = [(question or "", list(image or []), list(video))]
+    else:
+        items = [(question or "", list(image or []))]
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -86,6 +98,7 @@ def infer(
             dtype=dtype,
             device=device,
             batch_size=batch_size,
+            frames=frames,
             seed=seed,
             on_batch=lambda n: progress.advance(task, n),
             max_new_tokens=max_new_tokens,
@@ -95,12 +108,17 @@ def infer(
             top_p=top_p,
         )
     numbers = infer_numbers(report.trace)
+    results: list[dict[str, Any]] = [
+        {"id": i, "question": q, "images": imgs, "answer": a}
+        for i, q, imgs, a in zip(report.ids, report.questions, report.images, report.answers)
+    ]
+    for result, paths, clips in zip(results, report.videos, report.clips):
+        if paths:  # only video runs carry these keys, so image-only documents are unchanged
+            result["videos"] = paths
+            result["frames"] = [clip.indices for clip in clips]
     document = {
         "provenance": report.provenance,
-        "results": [
-            {"id": i, "question": q, "images": imgs, "answer": a}
-            for i, q, imgs, a in zip(report.ids, report.questions, report.images, report.answers)
-        ],
+        "results": results,
         "numbers": numbers,
         "trace": report.trace.to_dict(),
     }

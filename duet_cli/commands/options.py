@@ -24,3 +24,7 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (sampling, random baselines).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+FramesOpt = Annotated[
+    int,
+    typer.Option("--frames", min=1, help="Frames sampled uniformly from each --video (Video-LLaVA: 8)."),
+]

@@ -1,4 +1,5 @@
-"""`duet visualize`: run one prompt under each profile and draw what each stage kept over the image (PNG)."""
+"""`duet visualize`: run one prompt under each profile and draw what each stage kept over the image (PNG),
+or, with `--video`, over a strip of the sampled frames (one strip per stage)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from duet_cli.commands.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SeedOpt
+from duet_cli.commands.options import DeviceOpt, DtypeOpt, FramesOpt, JsonOpt, ModelOpt, SeedOpt
 from duet_cli.console import err, out, quiet_transformers
 from duet_cli.errors import UsageError
 
@@ -27,6 +28,11 @@ def visualize(
         list[Path] | None, typer.Option("--image", "-i", help="Image file (repeat for several images).")
     ] = None,
     question: Annotated[str | None, typer.Option("--question", "-q", help="The question to ask.")] = None,
+    video: Annotated[
+        Path | None,
+        typer.Option("--video", help="A video (Video-LLaVA) instead of images: draws a strip of its frames."),
+    ] = None,
+    frames: FramesOpt = 8,
     out_file: Annotated[
         Path | None, typer.Option("--out", "-o", help="The PNG to write (atomically), e.g. kept.png.")
     ] = None,
@@ -36,9 +42,14 @@ def visualize(
         int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate (the drawing needs none).")
     ] = 8,
     patch_px: Annotated[
-        int,
-        typer.Option("--patch-px", min=2, max=64, help="Pixels per patch (panels stay >= 336 px a side)."),
-    ] = 21,
+        int | None,
+        typer.Option(
+            "--patch-px",
+            min=2,
+            max=64,
+            help="Pixels per patch (default 21; video frames 14). Panels stay >= 336 px a side (frames 224).",
+        ),
+    ] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -47,8 +58,10 @@ def visualize(
     """Draw which patches each stage kept, merged and dropped, one row per profile, to a PNG."""
     from duet_cli.jsonio import check_writable
 
-    if not image:
-        raise UsageError("give at least one --image")
+    if video is not None and image:
+        raise UsageError("give either --image (one or more) or one --video, not both")
+    if not image and video is None:
+        raise UsageError("give at least one --image, or a --video")
     if question is None:
         raise UsageError("give --question")
     if out_file is None:
@@ -61,10 +74,15 @@ def visualize(
     from duet_cli.jsonio import to_json
     from duet_cli.render import infer_numbers, numbers_table, untrained_notice
     from duet_cli.runtime import check_question
-    from duet_cli.visualize import FigureRow, render_figure, write_png
+    from duet_cli.visualize import FigureRow, render_figure, render_video_figure, write_png
+    from duet_cli.visualize.draw import CELL, VIDEO_CELL
 
     check_question(question)
-    pictures = [api.load_image(p) for p in image]  # bad files fail here, before any model loads
+    clip = None
+    if video is not None:
+        check_question(question, "<video>")
+        clip = api.load_video(video, frames)  # a bad file fails here, before any model loads
+    pictures = [api.load_image(p) for p in image or []]  # likewise
     names: list[str | None] = list(profile) if profile else [None]
     for name in names:
         if name is not None:
@@ -83,7 +101,8 @@ def visualize(
                 api.infer(
                     model,
                     name,
-                    [(question, list(image))],
+                    [(question, list(image or []), [video] if video is not None else [])],
+                    frames=frames,
                     dtype=dtype,
                     device=device,
                     seed=seed,
@@ -93,9 +112,17 @@ def visualize(
             )
     first = reports[0]
     untrained = " (untrained: random weights)" if first.untrained else ""
-    header = [f"{first.model}{untrained} · {question}", " + ".join(str(p) for p in image)]
     rows = [FigureRow(r.profile.name, r.trace.samples[0], g) for r, g in zip(reports, grids)]
-    figure = render_figure(pictures, rows, header=header, cell=patch_px)
+    if clip is not None:
+        numbers_line = ", ".join(f"#{i}" for i in clip.indices)
+        header = [
+            f"{first.model}{untrained} · {question}",
+            f"{video}: {len(clip.indices)} of {clip.total_frames} frames ({numbers_line})",
+        ]
+        figure = render_video_figure(clip.frames, rows, header=header, cell=patch_px or VIDEO_CELL)
+    else:
+        header = [f"{first.model}{untrained} · {question}", " + ".join(str(p) for p in image or [])]
+        figure = render_figure(pictures, rows, header=header, cell=patch_px or CELL)
     write_png(out_file, figure)
 
     numbers = [infer_numbers(r.trace) for r in reports]
@@ -104,7 +131,8 @@ def visualize(
             "out": str(out_file),
             "size": list(figure.size),
             "question": question,
-            "images": [str(p) for p in image],
+            "images": [str(p) for p in image or []],
+            **({"video": str(video), "frames": clip.indices} if clip is not None else {}),
             "runs": [
                 {
                     "provenance": r.provenance,

@@ -23,6 +23,7 @@ class RowDrops:
 @dataclass
 class Recorder:
     images: list[ImageSelection] = field(default_factory=list)
+    frames: list[ImageSelection] = field(default_factory=list)  # stage 1 per video frame, in order
     rows: list[RowDrops] = field(default_factory=list)
     vision_s: float = 0.0
     prefill_s: float = 0.0
@@ -31,6 +32,7 @@ class Recorder:
 
     def reset(self) -> None:
         self.images.clear()
+        self.frames.clear()
         self.rows.clear()
         self.vision_s = self.prefill_s = self.decode_s = 0.0
         self.decode_steps = 0

@@ -36,7 +36,7 @@ class ReductionSession:
         self.vision: VisionStage1 | VisionTimer = (
             VisionStage1(model, adapter, resolved.vision, self.recorder)
             if resolved.vision is not None
-            else VisionTimer(owner, self.recorder)
+            else VisionTimer(owner, self.recorder, tuple(adapter.modalities))
         )
         self.llm = PyramidDropStage(model, adapter, resolved, self.recorder) if resolved.llm_layers else None
         self.timer = LanguageModelTimer(adapter.language_model(model), self.recorder)
@@ -45,6 +45,18 @@ class ReductionSession:
     def tokens_per_image(self) -> int:
         """Visual tokens each image contributes to the prompt (the placeholder count)."""
         return int(self.resolved.tokens_per_image(self.dims))
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Visual tokens each video frame contributes (0 when the family takes no video).
+
+        Stage 1 treats a frame as an image, so a vision stage gives the same count as for an image;
+        without one it is the stock count (Video-LLaVA keeps CLS on frames: 257 at 224 px).
+        """
+        if not self.dims.unreduced_frame_tokens:
+            return 0
+        vision = self.resolved.vision
+        return int(vision.tokens) if vision is not None else self.dims.unreduced_frame_tokens
 
     def install(self) -> None:
         self.timer.install()

@@ -2,8 +2,10 @@
 
 Methods that rank by CLS attention (VisionZip) get the CLS query and the keys from a forward pre-hook
 on the scoring layer's self-attention (its input is already layer-normed), so the tower stays on SDPA
-and no encoder layer runs in eager mode to return attention maps. `get_image_features` is replaced on
-the model *instance* (never the class), which is what both `forward()` and `generate()` call.
+and no encoder layer runs in eager mode to return attention maps. For every modality the family takes
+(`image`; `video` for Video-LLaVA) the stock `get_<modality>_features` is replaced on the model
+*instance* (never the class), which is what both `forward()` and `generate()` call. Video frames are
+reduced one by one: a clip of F frames is F images to the tower and to the method.
 """
 
 from __future__ import annotations
@@ -22,20 +24,32 @@ from duet_cli.families.base import FamilyAdapter
 from duet_cli.methods import implementations as _implementations  # noqa: F401  (registers apply functions)
 from duet_cli.methods.registry import get_method
 from duet_cli.methods.visionzip.select import cls_attention_scores
+from duet_cli.trace import ImageSelection
+
+
+def method_name(modality: str) -> str:
+    """The stock method that turns one modality's pixels into LLM features (transformers' convention)."""
+    return f"get_{modality}_features"
 
 
 class VisionTimer:
-    """Times the stock `get_image_features` (used when stage 1 is off, so every run reports vision time)."""
+    """Times the stock feature methods (used when stage 1 is off, so every run reports vision time)."""
 
-    def __init__(self, owner: nn.Module, recorder: Recorder) -> None:
+    def __init__(
+        self, owner: nn.Module, recorder: Recorder, modalities: tuple[str, ...] = ("image",)
+    ) -> None:
         self.owner: Any = owner
         self.recorder = recorder
+        self.modalities = modalities
 
     def install(self) -> None:
-        _swap_in(self.owner, self._timed)
+        timed = {"image": self._timed, "video": self._timed_video}
+        for modality in self.modalities:
+            _swap_in(self.owner, method_name(modality), timed[modality])
 
     def remove(self) -> None:
-        _swap_out(self.owner)
+        for modality in self.modalities:
+            _swap_out(self.owner, method_name(modality))
 
     def _timed(
         self,
@@ -47,13 +61,28 @@ class VisionTimer:
     ) -> Any:
         watch = Stopwatch(pixel_values.device)
         watch.start()
+        if image_sizes is not None:  # as the stock method: only when given (not every family takes it)
+            kwargs["image_sizes"] = image_sizes
         result = type(self.owner).get_image_features(
             self.owner,
             pixel_values,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
-            image_sizes=image_sizes,
             **kwargs,
+        )
+        self.recorder.vision_s += watch.stop()
+        return result
+
+    def _timed_video(
+        self,
+        pixel_values_videos: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        watch = Stopwatch(pixel_values_videos.device)
+        watch.start()
+        result = type(self.owner).get_video_features(
+            self.owner, pixel_values_videos, vision_feature_layer=vision_feature_layer, **kwargs
         )
         self.recorder.vision_s += watch.stop()
         return result
@@ -68,22 +97,28 @@ class VisionStage1:
             raise HookError(f"stage-1 method {config.method!r} has no apply function registered")
         self.apply_fn: Callable[..., Any] = apply_fn
         self.needs_scores = bool(getattr(config, "needs_scores", False))
-        self.score_attn = adapter.vision_score_layer(model)
+        self.modalities = tuple(adapter.modalities)
+        # every hook point is looked up now, so a missing one fails before anything is installed
+        self.score_attn = {m: adapter.vision_score_layer(model, m) for m in self.modalities}
         self.dims = adapter.dims(model)
         self._armed = False
         self._captured: tuple[torch.Tensor, torch.Tensor, float] | None = None
-        self._handle: Any = None
+        self._handles: list[Any] = []
 
     def install(self) -> None:
         if self.needs_scores:
-            self._handle = self.score_attn.register_forward_pre_hook(self._capture, with_kwargs=True)
-        _swap_in(self.owner, self.get_image_features)
+            for attn in self.score_attn.values():
+                self._handles.append(attn.register_forward_pre_hook(self._capture, with_kwargs=True))
+        replacements = {"image": self.get_image_features, "video": self.get_video_features}
+        for modality in self.modalities:
+            _swap_in(self.owner, method_name(modality), replacements[modality])
 
     def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        _swap_out(self.owner)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for modality in self.modalities:
+            _swap_out(self.owner, method_name(modality))
 
     def _capture(self, module: Any, args: tuple, kwargs: dict) -> None:
         if not self._armed:
@@ -96,18 +131,11 @@ class VisionStage1:
         self._captured = (q_cls, keys, float(module.scale))
         return None
 
-    def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        image_sizes: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling:
-        """Drop-in for `LlavaModel.get_image_features`: the method's tokens, projected."""
-        watch = Stopwatch(pixel_values.device)
-        watch.start()
-        tower = self.adapter.vision_tower(self.model)
+    def _reduce(
+        self, modality: str, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, Any, list[ImageSelection]]:
+        """Tower, method and projector on a batch of images (B, 3, H, W): features (B, n, D)."""
+        tower = self.adapter.vision_tower(self.model, modality)
         self._armed, self._captured = self.needs_scores, None
         try:
             outputs = tower(pixel_values, output_hidden_states=True, return_dict=True)
@@ -125,23 +153,52 @@ class VisionStage1:
             inputs.scores = cls_attention_scores(q_cls, keys, scale)
             inputs.keys = keys.mean(dim=1)
         reduced, selections = self.apply_fn(inputs, self.config)
-        features = self.adapter.project(self.model, reduced)
+        return self.adapter.project(self.model, reduced), outputs.last_hidden_state, selections
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """Drop-in for the stock `get_image_features`: the method's tokens, projected."""
+        watch = Stopwatch(pixel_values.device)
+        watch.start()
+        features, last_hidden, selections = self._reduce("image", pixel_values)
         self.recorder.images.extend(selections)
         self.recorder.vision_s += watch.stop()
-        per_image: Any = list(features)  # LLaVA reads pooler_output as one tensor per image
         return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state, pooler_output=per_image
+            last_hidden_state=last_hidden, pooler_output=self.adapter.pooled_output("image", features)
+        )
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """Drop-in for the stock `get_video_features`: (B, F, 3, H, W) -> the method's tokens per frame,
+        projected, as (B * F, n, D) in frame order (what the stock model scatters into the prompt)."""
+        watch = Stopwatch(pixel_values_videos.device)
+        watch.start()
+        b, f = pixel_values_videos.shape[:2]
+        frames = pixel_values_videos.reshape(b * f, *pixel_values_videos.shape[2:])
+        features, last_hidden, selections = self._reduce("video", frames)
+        self.recorder.frames.extend(selections)
+        self.recorder.vision_s += watch.stop()
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden, pooler_output=self.adapter.pooled_output("video", features)
         )
 
 
-def _swap_in(owner: nn.Module, fn: Any) -> None:
-    if "get_image_features" in vars(owner):
-        raise HookError(
-            "get_image_features is already replaced on this model instance (is a profile applied?)"
-        )
-    object.__setattr__(owner, "get_image_features", fn)
+def _swap_in(owner: nn.Module, name: str, fn: Any) -> None:
+    if name in vars(owner):
+        raise HookError(f"{name} is already replaced on this model instance (is a profile applied?)")
+    object.__setattr__(owner, name, fn)
 
 
-def _swap_out(owner: nn.Module) -> None:
-    if "get_image_features" in vars(owner):
-        object.__delattr__(owner, "get_image_features")
+def _swap_out(owner: nn.Module, name: str) -> None:
+    if name in vars(owner):
+        object.__delattr__(owner, name)

@@ -5,6 +5,8 @@ columns (hidden states, positions, padding mask), re-pads on the left and builds
 and rotary tables; later layers of the segment get the same substitutions. Each layer's KV cache
 keeps the length it saw, so during decoding every segment rebuilds its mask against its own cache.
 Layer 0 always sees the full sequence, which is what `generate()` reads.
+Every placeholder id the family has (images, and video frames for Video-LLaVA) marks a visual token, so
+all images and all frames of a prompt are ranked together against one keep count.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class PyramidDropStage:
         self.lm: Any = adapter.language_model(model)
         self.layers = adapter.decoder_layers(model)
         self.starts = [0, *resolved.llm_layers]  # first 0-based layer of each segment
-        self.image_token_id = adapter.image_token_id(model)
+        # every modality's placeholders are visual tokens: all images and all frames are ranked together
+        self.visual_ids = torch.tensor(adapter.visual_token_ids(model), dtype=torch.long)
         self.rotary = adapter.rotary_embedding(model)
         self.state: PromptState | None = None
         self.phase = "idle"
@@ -169,7 +172,7 @@ class PyramidDropStage:
         )
         if not bool(valid[:, -1].all()):
             raise UnsupportedSetupError("stage 2 needs left padding (tokenizer.padding_side = 'left')")
-        visual = ids == self.image_token_id
+        visual = torch.isin(ids, self.visual_ids.to(device))
         vis = torch.where(visual, visual.long().cumsum(dim=1) - 1, torch.full_like(ids, -1))
         cols = torch.where(valid, torch.arange(length, device=device).expand(b, length), -1)
         query = self._query_mask(ids, valid, visual)

@@ -34,6 +34,7 @@ class EvalConfig:
     device: str = "auto"
     seed: int = 0
     max_new_tokens: int = 16
+    frames: int = 8  # frames sampled uniformly from each video of a video benchmark
 
 
 @dataclass
@@ -190,6 +191,7 @@ def _answer(
     from duet_cli.engine.session import apply_profile
     from duet_cli.errors import InputError
     from duet_cli.runtime import Prompt, run
+    from duet_cli.video import load_video
 
     if not records:
         return
@@ -205,10 +207,11 @@ def _answer(
             for rec in batch:
                 try:
                     images = [_image(img) for img in rec.images]
+                    videos = [load_video(v, cfg.frames) for v in rec.videos]
                 except InputError as exc:  # scored as a failure, not a crash
                     rows[rec.id] = {"id": rec.id, "prediction": None, "error": str(exc)}
                     continue
-                prompts.append(Prompt(rec.question, images))
+                prompts.append(Prompt(rec.question, images, videos))
                 answered.append(rec)
             if prompts:
                 result = run(loaded, session, prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)

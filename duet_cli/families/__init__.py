@@ -7,8 +7,9 @@ from typing import Any
 from duet_cli.errors import ModelNotFoundError
 from duet_cli.families.base import FamilyAdapter
 from duet_cli.families.llava import LlavaAdapter
+from duet_cli.families.video_llava import VideoLlavaAdapter
 
-_ADAPTERS: dict[str, FamilyAdapter] = {"llava": LlavaAdapter()}
+_ADAPTERS: dict[str, FamilyAdapter] = {"llava": LlavaAdapter(), "video_llava": VideoLlavaAdapter()}
 
 
 def get_adapter(model: Any) -> FamilyAdapter:

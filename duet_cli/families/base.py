@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -12,18 +13,26 @@ from duet_cli.dims import ModelDims
 
 class FamilyAdapter(Protocol):
     family: str
+    # what the model takes besides text: "image", and "video" for video families. For each modality
+    # the owner has a stock `get_<modality>_features` method (what forward() and generate() call).
+    modalities: tuple[str, ...]
+    placeholders: tuple[str, ...]  # the prompt placeholders a question may not contain
 
     def dims(self, model: Any) -> ModelDims: ...
 
     # -- vision side (stage 1) --
     def image_features_owner(self, model: Any) -> nn.Module:
-        """The module whose `get_image_features` method stage 1 replaces (per instance)."""
+        """The module whose `get_<modality>_features` methods stage 1 replaces (per instance)."""
         ...
 
-    def vision_tower(self, model: Any) -> nn.Module: ...
+    def vision_tower(self, model: Any, modality: str = "image") -> nn.Module: ...
 
-    def vision_score_layer(self, model: Any) -> nn.Module:
+    def vision_score_layer(self, model: Any, modality: str = "image") -> nn.Module:
         """The encoder self-attention module whose input gives the CLS query and keys."""
+        ...
+
+    def pooled_output(self, modality: str, features: torch.Tensor) -> Any:
+        """`features` (N, tokens, D) as the owner's forward reads `pooler_output` (list or tensor)."""
         ...
 
     def vision_feature_layer(self, model: Any) -> int:
@@ -38,6 +47,14 @@ class FamilyAdapter(Protocol):
     def decoder_layers(self, model: Any) -> nn.ModuleList: ...
 
     def image_token_id(self, model: Any) -> int: ...
+
+    def visual_token_id(self, model: Any, modality: str) -> int:
+        """The placeholder token id of one modality's visual tokens."""
+        ...
+
+    def visual_token_ids(self, model: Any) -> list[int]:
+        """Placeholder ids of every modality: stage 2 ranks all of these tokens together."""
+        ...
 
     def rotary_embedding(self, model: Any) -> nn.Module: ...
 
@@ -60,7 +77,19 @@ class FamilyAdapter(Protocol):
         ...
 
     def build_prompt(
-        self, template: str, question: str, n_images: int, tokens_per_image: int
+        self,
+        template: str,
+        question: str,
+        n_images: int,
+        tokens_per_image: int,
+        video_tokens: Sequence[int] = (),
     ) -> tuple[str, int]:
-        """The chat prompt (placeholder count = what stage 1 emits per image) and the question's offset."""
+        """The chat prompt (placeholder count = what stage 1 emits per image, and per video the total of
+        its frames, `video_tokens`) and the question's offset."""
+        ...
+
+    def pixel_inputs(
+        self, processor: Any, images: Sequence[Any], videos: Sequence[Sequence[Any]]
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for the images (PIL) and videos (each a list of PIL frames), via the processor."""
         ...

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from duet_cli.dims import ModelDims, dims_from_config
-from duet_cli.errors import HookError, UnsupportedSetupError
+from duet_cli.errors import HookError, InputError, UnsupportedSetupError
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -24,16 +25,16 @@ PATHS = {
 }
 
 
-def find(model: nn.Module, key: str) -> Any:
-    """The module at PATHS[key], or a HookError naming the missing hook point."""
+def find(model: nn.Module, key: str, paths: dict[str, str] = PATHS, layout: str = "LLaVA") -> Any:
+    """The module at paths[key], or a HookError naming the missing hook point."""
     obj: Any = model
-    for part in PATHS[key].split("."):
+    for part in paths[key].split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise HookError(
-                f"hook point not found: {type(model).__name__}.{PATHS[key]} (missing {part!r}); "
-                "this model does not have the stock LLaVA layout"
+                f"hook point not found: {type(model).__name__}.{paths[key]} (missing {part!r}); "
+                f"this model does not have the stock {layout} layout"
             ) from None
     return obj
 
@@ -45,6 +46,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 class LlavaAdapter:
     family = "llava"
+    modalities: tuple[str, ...] = ("image",)
+    placeholders: tuple[str, ...] = (IMAGE_PLACEHOLDER,)
 
     def dims(self, model: Any) -> ModelDims:
         return dims_from_config(model.config)
@@ -53,7 +56,8 @@ class LlavaAdapter:
     def image_features_owner(self, model: Any) -> nn.Module:
         return find(model, "owner")  # LlavaModel: generate() and forward() both call its get_image_features
 
-    def vision_tower(self, model: Any) -> nn.Module:
+    def vision_tower(self, model: Any, modality: str = "image") -> nn.Module:
+        _image_only(modality)
         return find(model, "tower")
 
     def vision_feature_layer(self, model: Any) -> int:
@@ -64,8 +68,9 @@ class LlavaAdapter:
             )
         return layer
 
-    def vision_score_layer(self, model: Any) -> nn.Module:
+    def vision_score_layer(self, model: Any, modality: str = "image") -> nn.Module:
         """Self-attention of the encoder layer whose output `hidden_states[feature_layer]` is."""
+        _image_only(modality)
         layers = find(model, "vision_layers")
         n = len(layers)
         if n == 0:
@@ -78,6 +83,9 @@ class LlavaAdapter:
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         return find(model, "projector")(features)
 
+    def pooled_output(self, modality: str, features: torch.Tensor) -> Any:
+        return list(features)  # LlavaModel reads pooler_output as one tensor per image
+
     # -- language side ------------------------------------------------------------------------
     def language_model(self, model: Any) -> nn.Module:
         return find(model, "lm")
@@ -87,6 +95,13 @@ class LlavaAdapter:
 
     def image_token_id(self, model: Any) -> int:
         return int(model.config.image_token_id)
+
+    def visual_token_id(self, model: Any, modality: str) -> int:
+        _image_only(modality)
+        return self.image_token_id(model)
+
+    def visual_token_ids(self, model: Any) -> list[int]:
+        return [self.image_token_id(model)]
 
     def rotary_embedding(self, model: Any) -> nn.Module:
         return find(model, "rotary")
@@ -113,9 +128,16 @@ class LlavaAdapter:
 
     # -- prompts -----------------------------------------------------------------------------
     def build_prompt(
-        self, template: str, question: str, n_images: int, tokens_per_image: int
+        self,
+        template: str,
+        question: str,
+        n_images: int,
+        tokens_per_image: int,
+        video_tokens: Sequence[int] = (),
     ) -> tuple[str, int]:
         """Chat prompt with `tokens_per_image` placeholders per image, and where the question starts."""
+        if video_tokens:
+            raise InputError("LLaVA-1.5 takes images, not video (use a Video-LLaVA model for --video)")
         block = "\n".join([IMAGE_PLACEHOLDER * tokens_per_image] * n_images)
 
         def fill(part: str) -> str:
@@ -126,3 +148,17 @@ class LlavaAdapter:
         head, sep, tail = template.partition("{question}")
         head = fill(head)
         return head + (question + fill(tail) if sep else ""), len(head)
+
+    def pixel_inputs(
+        self, processor: Any, images: Sequence[Any], videos: Sequence[Sequence[Any]]
+    ) -> dict[str, torch.Tensor]:
+        if videos:
+            raise InputError("LLaVA-1.5 takes images, not video (use a Video-LLaVA model for --video)")
+        if not images:
+            return {}
+        return {"pixel_values": processor.image_processor(list(images), return_tensors="pt")["pixel_values"]}
+
+
+def _image_only(modality: str) -> None:
+    if modality != "image":
+        raise HookError(f"LLaVA-1.5 has no {modality} input")

@@ -6,7 +6,16 @@ renders panels, rows and the legend with Pillow. Neither imports torch.
 
 from __future__ import annotations
 
-from duet_cli.visualize.draw import FigureRow, render_figure, write_png
-from duet_cli.visualize.tokens import VisualToken, cell_states, visual_tokens
+from duet_cli.visualize.draw import FigureRow, render_figure, render_video_figure, write_png
+from duet_cli.visualize.tokens import VisualToken, cell_states, frame_view, visual_tokens
 
-__all__ = ["FigureRow", "VisualToken", "cell_states", "render_figure", "visual_tokens", "write_png"]
+__all__ = [
+    "FigureRow",
+    "VisualToken",
+    "cell_states",
+    "frame_view",
+    "render_figure",
+    "render_video_figure",
+    "visual_tokens",
+    "write_png",
+]

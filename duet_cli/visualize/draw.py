@@ -22,6 +22,7 @@ from duet_cli.visualize.tokens import (
     VisualToken,
     cell_states,
     drop_title,
+    frame_view,
     image_caption,
     image_grids,
     row_label,
@@ -31,6 +32,8 @@ from duet_cli.visualize.tokens import (
 
 CELL = 21  # pixels per patch: 24 x 21 = 504 px panels
 MIN_PANEL = 336  # no panel side is smaller than this
+VIDEO_CELL = 14  # video frames: 16 x 14 = 224 px panels, so a strip of 8 frames stays readable
+VIDEO_MIN_PANEL = 224
 
 DIM = 0.3  # discarded / dropped cells: every channel multiplied by this
 DOMINANT_COLOR = (255, 221, 0)  # yellow
@@ -82,9 +85,9 @@ def group_color(group: int) -> tuple[int, int, int]:
     return PALETTE[group % len(PALETTE)][1]
 
 
-def cell_px(grid: tuple[int, int], cell: int = CELL) -> int:
-    """Pixels per patch: `cell`, raised so that the shorter panel side is at least MIN_PANEL."""
-    return max(cell, math.ceil(MIN_PANEL / min(grid)))
+def cell_px(grid: tuple[int, int], cell: int = CELL, min_panel: int = MIN_PANEL) -> int:
+    """Pixels per patch: `cell`, raised so that the shorter panel side is at least `min_panel`."""
+    return max(cell, math.ceil(min_panel / min(grid)))
 
 
 def image_view(image: Image.Image, grid: tuple[int, int], cell: int) -> Image.Image:
@@ -204,12 +207,19 @@ class StagePanels:
     panels: list[Image.Image]
 
 
-def stage_panels(images: Sequence[Image.Image], row: FigureRow, cell: int = CELL) -> list[StagePanels]:
+def stage_panels(
+    images: Sequence[Image.Image],
+    row: FigureRow,
+    cell: int = CELL,
+    *,
+    media: str = "image",
+    min_panel: int = MIN_PANEL,
+) -> list[StagePanels]:
     """The panels of one profile: stage 1 (or its absence), then one per stage-2 drop point."""
     n = len(images)
     tokens: list[VisualToken] = visual_tokens(row.sample, n, row.grid)
     grids = image_grids(row.sample, n, row.grid)
-    cells = [cell_px(g, cell) for g in grids]
+    cells = [cell_px(g, cell, min_panel) for g in grids]
     views = [image_view(im, g, c) for im, g, c in zip(images, grids, cells)]
     stages: list[tuple[str, set[int] | None]] = [(stage1_title(row.sample), None)]
     stages += [(drop_title(row.sample, d), set(d.kept)) for d in row.sample.drops]
@@ -219,7 +229,7 @@ def stage_panels(images: Sequence[Image.Image], row: FigureRow, cell: int = CELL
         out.append(
             StagePanels(
                 title=title,
-                captions=[image_caption(tokens, i, n, alive) for i in range(n)],
+                captions=[image_caption(tokens, i, n, alive, media) for i in range(n)],
                 states=states,
                 panels=[draw_cells(v, g, c, st) for v, g, c, st in zip(views, grids, cells, states)],
             )
@@ -348,6 +358,72 @@ def render_figure(
         raise ValueError("nothing to draw: no profiles")
     used = Used()
     row_imgs = [_row_image(images, r, cell, used) for r in rows]
+    width = max(max(r.width for r in row_imgs), 720)
+    legend = _legend_image(used, width)
+    head_h = LINE_H * len(header) + (8 if header else 0)
+    height = head_h + sum(r.height for r in row_imgs) + GAP_ROW * len(row_imgs) + legend.height
+    fig = Image.new("RGB", (width + 2 * PAD, height + 2 * PAD), BACKGROUND)
+    draw = ImageDraw.Draw(fig)
+    for k, line in enumerate(header):
+        draw.text((PAD, PAD + k * LINE_H), line, fill=INK, font=_fit_font(line, width))
+    y = PAD + head_h
+    for r in row_imgs:
+        fig.paste(r, (PAD, y))
+        y += r.height + GAP_ROW
+    fig.paste(legend, (PAD, y))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# video: a strip of frames per stage
+
+
+def _video_row_image(frames: Sequence[Image.Image], row: FigureRow, cell: int, used: Used) -> Image.Image:
+    """One profile on a clip: a strip of the frames per stage (stage 1, then each drop), stacked."""
+    view = FigureRow(row.profile, frame_view(row.sample), row.grid)
+    stages = stage_panels(frames, view, cell, media="frame", min_panel=VIDEO_MIN_PANEL)
+    for stage in stages:
+        for st in stage.states:
+            used.add(st)
+    if any(sel.has_cls and 0 in sel.dominant for sel in view.sample.images):
+        used.cls = True
+    blocks = []
+    for stage in stages:
+        width = sum(p.width for p in stage.panels)
+        title_h = LINE_H * (len(title_lines(stage.title, width)) + (1 if len(frames) > 1 else 0)) + 6
+        blocks.append(_block(stage, title_h))
+    width = LABEL_W + max(b.width for b in blocks)
+    height = sum(b.height for b in blocks) + GAP_STAGE * (len(blocks) - 1)
+    out = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    for k, line in enumerate(row_label(row.profile, row.sample)):
+        f = _fit_font(line, LABEL_W - 10) if k == 0 else font(SMALL_SIZE)
+        draw.text((0, LINE_H * 2 + k * LINE_H), line, fill=INK if k == 0 else MUTED, font=f)
+    y = 0
+    for b in blocks:
+        out.paste(b, (LABEL_W, y))
+        y += b.height + GAP_STAGE
+    return out
+
+
+def render_video_figure(
+    frames: Sequence[Image.Image],
+    rows: Sequence[FigureRow],
+    *,
+    header: Sequence[str] = (),
+    cell: int = VIDEO_CELL,
+) -> Image.Image:
+    """A clip's figure: header lines, per profile a strip of frames for each stage (stacked), the legend.
+
+    Each row's sample must be video-only (its `frames` and frame `spans` filled); the frames are drawn
+    in clip order with the patches each stage kept in that frame, and every panel says its share.
+    """
+    if not frames:
+        raise ValueError("nothing to draw: no frames")
+    if not rows:
+        raise ValueError("nothing to draw: no profiles")
+    used = Used()
+    row_imgs = [_video_row_image(frames, r, cell, used) for r in rows]
     width = max(max(r.width for r in row_imgs), 720)
     legend = _legend_image(used, width)
     head_h = LINE_H * len(header) + (8 if header else 0)

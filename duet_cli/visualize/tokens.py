@@ -148,10 +148,16 @@ def drop_title(sample: SampleTrace, drop: DropPoint) -> str:
     return f"after layer {drop.layer}: {len(drop.kept)} of {sample.visual_tokens_in} visual tokens"
 
 
-def image_caption(tokens: list[VisualToken], image: int, n_images: int, alive: set[int] | None = None) -> str:
-    """Second title line of one image's panel when a prompt has several images: that image's share."""
+def image_caption(
+    tokens: list[VisualToken],
+    image: int,
+    n_images: int,
+    alive: set[int] | None = None,
+    media: str = "image",
+) -> str:
+    """Second title line of one image's (or video frame's) panel when there are several: its share."""
     mine = [i for i, t in enumerate(tokens) if t.image == image]
-    label = f"image {image + 1} of {n_images}"
+    label = f"{media} {image + 1} of {n_images}" if media == "image" else f"{media} {image + 1}"
     if alive is None:
         return f"{label}: {len(mine)} tokens"
     return f"{label}: {sum(1 for i in mine if i in alive)} of {len(mine)}"
@@ -160,3 +166,22 @@ def image_caption(tokens: list[VisualToken], image: int, n_images: int, alive: s
 def row_label(profile: str, sample: SampleTrace) -> list[str]:
     """The lines at the start of a profile's row: its name and the measured average (never the name's)."""
     return [profile, f"avg {sample.avg_visual_tokens:.2f}", "visual tokens"]
+
+
+def frame_view(sample: SampleTrace) -> SampleTrace:
+    """A video sample seen frame by frame: each frame is one 'image' of the returned sample.
+
+    Stage-2 indices already run over the frames in order (each frame's tokens: stage 1's dominant, then
+    contextual), so drops carry over unchanged. Only video-only samples (no images) have such a view.
+    """
+    if sample.images or any(span.kind != "frame" for span in sample.spans):
+        raise ValueError("a frame view needs a sample whose visual tokens are video frames only")
+    if not sample.spans:
+        raise ValueError("the sample has no video frames")
+    return SampleTrace(
+        images=list(sample.frames),
+        unreduced_visual_tokens=sample.unreduced_visual_tokens,
+        visual_tokens_in=sample.visual_tokens_in,
+        drops=list(sample.drops),
+        ledger=list(sample.ledger),
+    )
