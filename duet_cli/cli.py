@@ -11,6 +11,7 @@ from duet_cli.commands import eval_cmd
 from duet_cli.commands import infer as infer_cmd
 from duet_cli.commands import profile as profile_cmd
 from duet_cli.commands import profiles as profiles_cmd
+from duet_cli.commands import train as train_cmd
 from duet_cli.commands import visualize as visualize_cmd
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.command("eval")(eval_cmd.eval_cmd)
 app.add_typer(profiles_cmd.app, name="profiles")
 app.command("visualize")(visualize_cmd.visualize)
 app.command("profile")(profile_cmd.profile)
+app.command("train")(train_cmd.train)
 
 
 def main() -> None:

@@ -1,0 +1,350 @@
+"""The training loop: accelerate (CPU, one GPU, DDP/FSDP/DeepSpeed by accelerate config), profile active.
+
+Loss normalisation: every optimizer step first counts its label tokens on every rank and micro-step
+and all-reduces the sum N. Each micro-step backpropagates `loss_sum * world / N`; DDP averages
+gradients over the `world` ranks, so the update follows `sum(token losses) / N` exactly, whatever
+the split of the global batch across ranks and micro-steps (drops and answer lengths make per-rank
+counts differ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from duet_cli.engine.training import IGNORE, reduced_loss
+from duet_cli.errors import InputError
+from duet_cli.training import checkpoint
+from duet_cli.training.collate import Order, collate, encode
+from duet_cli.training.plan import SCHEDULES, Plan, TrainConfig, check_resume, make_plan, settings
+
+
+@dataclass
+class StepInfo:
+    step: int  # optimizer steps done
+    total: int
+    loss: float
+    lr: float
+    samples_per_s: float
+
+
+@dataclass
+class Hooks:
+    start: Callable[[int, int], None] = lambda total, done: None
+    step: Callable[[StepInfo], None] = lambda info: None
+    warn: Callable[[str], None] = lambda text: None
+    describe: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class TrainReport:
+    model: str
+    data: str
+    profile: str
+    steps: int
+    total_steps: int
+    resumed_from_step: int
+    samples: int  # this invocation, all ranks
+    wall_s: float  # this invocation's training loop
+    samples_per_s: float
+    avg_visual_tokens: float  # per sample per decoder layer, over the whole run
+    unreduced_visual_tokens: int
+    visual_tokens_in: float  # per sample, entering the LLM
+    final_loss: float | None
+    world_size: int
+    global_batch: int
+    trainable_parameters: int
+    history: list[list[float]] = field(default_factory=list)  # [step, loss, lr]
+    files: dict[str, str] = field(default_factory=dict)
+
+
+class LossModule(nn.Module):
+    """Wraps the model so DDP/FSDP see one forward per micro-step: reduced_loss under the session."""
+
+    def __init__(self, model: nn.Module, session: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.session = session
+
+    def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.session.recorder.reset()
+        parts = reduced_loss(self.model, self.session, batch)
+        dev = parts.loss_sum.device
+        counts = [parts.tokens, parts.visual_tokens_in, parts.visual_token_layers]
+        return {"loss_sum": parts.loss_sum, "counts": torch.tensor(counts, dtype=torch.float64, device=dev)}
+
+
+def set_trainable(model: Any, adapter: Any, parts: tuple[str, ...]) -> int:
+    """requires_grad by part: vision tower, language model + lm_head, projector = everything else."""
+    vision = {id(p) for p in adapter.vision_tower(model).parameters()}
+    llm = {id(p) for p in adapter.language_model(model).parameters()}
+    llm |= {id(p) for p in model.get_output_embeddings().parameters()}
+    count = 0
+    for p in model.parameters():
+        part = "vision" if id(p) in vision else "llm" if id(p) in llm else "projector"
+        p.requires_grad_(part in parts)
+        count += p.numel() if part in parts else 0
+    return count
+
+
+def _accelerator(cfg: TrainConfig) -> Any:
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        from duet_cli.errors import UsageError
+
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    ddp = DistributedDataParallelKwargs(find_unused_parameters="vision" in cfg.train)
+    return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
+
+
+def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(optimizer: Any, cfg: TrainConfig, total: int) -> Any:
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total
+    )
+
+
+class Batches:
+    """Micro-batches of one rank: encoded conversations, then pixels on demand."""
+
+    def __init__(self, plan: Plan, loaded: Any, tokens_per_image: int, device: torch.device) -> None:
+        self.source, self.loaded, self.per_image, self.device = plan.source, loaded, tokens_per_image, device
+        self.image_id = loaded.adapter.image_token_id(loaded.model)
+        tok = loaded.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encoded(self, indices: list[int]) -> tuple[list[Any], list[Any]]:
+        convs = [self.source[i] for i in indices]
+        lm = self.loaded
+        enc = [encode(lm.tokenizer, lm.adapter, lm.template, c, self.per_image, self.image_id) for c in convs]
+        return convs, enc
+
+    def batch(self, convs: list[Any], enc: list[Any]) -> dict[str, torch.Tensor]:
+        batch = collate(enc, self.pad_id)
+        images = []
+        for c in convs:
+            try:
+                images.append(c.image())
+            except InputError as exc:
+                raise InputError(f"sample {c.id}: {exc}") from None
+        pixels = self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        batch["pixel_values"] = pixels.to(self.loaded.dtype)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+
+def train(cfg: TrainConfig, hooks: Hooks | None = None) -> TrainReport | None:
+    """Run (or resume) training; returns the report on the main rank, None on the others."""
+    hooks = hooks or Hooks()
+    plan = make_plan(cfg)  # every check that needs no weights
+    accelerator = _accelerator(cfg)
+    main = accelerator.is_main_process
+    for text in plan.warnings if main else []:
+        hooks.warn(text)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    order = Order(len(plan.source), cfg.seed, cfg.batch_size, world, cfg.grad_accum)
+    if order.steps_per_epoch == 0:
+        raise InputError(
+            f"{plan.source.name}: {len(plan.source)} samples, fewer than one global batch "
+            f"({cfg.batch_size} x {world} ranks x {cfg.grad_accum} accumulation = {order.global_batch})"
+        )
+    total = cfg.max_steps if cfg.max_steps is not None else (cfg.epochs or 1) * order.steps_per_epoch
+    run = settings(cfg, len(plan.source), plan.profile.hash, order.global_batch, total)
+    if plan.resume_state is not None:
+        assert plan.resume_from is not None
+        check_resume(plan.resume_state["settings"], run, plan.resume_from)
+
+    from duet_cli.console import quiet_transformers
+    from duet_cli.engine.session import apply_profile
+    from duet_cli.runtime import load_model
+
+    quiet_transformers()
+    hooks.describe("loading model")
+    dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
+    loaded = load_model(cfg.model, dtype=dtype, device=str(accelerator.device))
+    model = loaded.model
+    trainable = set_trainable(model, loaded.adapter, cfg.train)
+    state: dict[str, Any] = {"step": 0, "history": [], "totals": [0.0, 0.0, 0.0, 0.0]}
+    if plan.resume_from is not None:
+        assert plan.resume_state is not None
+        state = plan.resume_state
+        weights = checkpoint.load_weights(plan.resume_from)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+        if missing:
+            raise InputError(f"checkpoint {plan.resume_from} lacks trainable weights, e.g. {missing[0]}")
+        model.load_state_dict(weights, strict=False)
+    model.train()
+    torch.manual_seed(cfg.seed + rank)
+    with apply_profile(model, plan.profile) as session:
+        module = LossModule(model, session)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _optimizer(cfg, params)
+        scheduler = _scheduler(optimizer, cfg, total)
+        module, optimizer = accelerator.prepare(module, optimizer)
+        if plan.resume_from is not None:
+            optim = checkpoint.load_optim(plan.resume_from, rank)
+            if optim is None:
+                raise InputError(f"checkpoint {plan.resume_from} has no optimizer state")
+            optimizer.load_state_dict(optim["optimizer"])
+            scheduler.load_state_dict(optim["scheduler"])
+            rng = checkpoint.load_rng(plan.resume_from, rank)
+            if rng is not None:
+                checkpoint.set_rng_state(rng)
+        batches = Batches(plan, loaded, session.tokens_per_image, accelerator.device)
+        report = _loop(
+            cfg, plan, accelerator, module, optimizer, scheduler, batches, order, state, run, hooks
+        )
+        hooks.describe("saving model")
+        full = accelerator.get_state_dict(module)
+    report.trainable_parameters = trainable
+    report.unreduced_visual_tokens = session.dims.unreduced_tokens
+    if main:
+        report.files["model"] = str(_save_model(loaded, full, cfg.out))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report if main else None
+
+
+def _loop(
+    cfg: TrainConfig,
+    plan: Plan,
+    accelerator: Any,
+    module: Any,
+    optimizer: Any,
+    scheduler: Any,
+    batches: Batches,
+    order: Order,
+    state: dict[str, Any],
+    run: dict[str, Any],
+    hooks: Hooks,
+) -> TrainReport:
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    total, start = run["total_steps"], int(state["step"])
+    totals = torch.tensor(state["totals"], dtype=torch.float64)  # samples, label tokens, visual in, x layers
+    trainable = {n for n, p in accelerator.unwrap_model(module).named_parameters() if p.requires_grad}
+    if not accelerator.is_main_process:
+        hooks = Hooks()  # one progress bar: rank 0's
+    hooks.start(total, start)
+    hooks.describe(f"training · {plan.profile.name}")
+    t0, samples_now = time.perf_counter(), 0
+    for step in range(start, total):
+        micro = [batches.encoded(idx) for idx in order.micro_batches(step, rank)]
+        local = [sum(e.label_tokens for e in enc) for _, enc in micro]
+        n_global = accelerator.reduce(torch.tensor(float(sum(local)), device=device), reduction="sum")
+        step_stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, tokens, vis in, vis x L
+        for m, (convs, enc) in enumerate(micro):
+            sync = m == len(micro) - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(module):
+                out = module(**batches.batch(convs, enc))
+                counts = out["counts"]
+                if int(counts[0]) != local[m]:  # labels must survive the drops one for one
+                    raise RuntimeError(f"label tokens {int(counts[0])} after the forward, {local[m]} before")
+                accelerator.backward(out["loss_sum"] * world / n_global)
+            step_stats += torch.cat([out["loss_sum"].detach().double().reshape(1), counts])
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+        lr = float(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_stats = accelerator.reduce(step_stats, reduction="sum").cpu()
+        loss = float(step_stats[0] / step_stats[1])
+        totals += torch.tensor([order.global_batch, *step_stats[1:].tolist()], dtype=torch.float64)
+        samples_now += order.global_batch
+        state["history"].append([step + 1, loss, lr])
+        state["step"], state["totals"] = step + 1, totals.tolist()
+        done = step + 1
+        if done == total or (cfg.save_every and done % cfg.save_every == 0):
+            _save_checkpoint(cfg, accelerator, module, optimizer, scheduler, trainable, state, run)
+        rate = samples_now / max(time.perf_counter() - t0, 1e-9)
+        hooks.step(StepInfo(done, total, loss, lr, rate))
+    wall = time.perf_counter() - t0
+    samples, _, vis_in, vis_layers = totals.tolist()
+    num_layers = batches.loaded.adapter.dims(batches.loaded.model).num_layers
+    history = state["history"]
+    return TrainReport(
+        model=run["model"],
+        data=cfg.data,
+        profile=plan.profile.name,
+        steps=int(state["step"]),
+        total_steps=total,
+        resumed_from_step=start,
+        samples=samples_now,
+        wall_s=wall,
+        samples_per_s=samples_now / wall if wall > 0 else 0.0,
+        avg_visual_tokens=vis_layers / (samples * num_layers) if samples else 0.0,
+        unreduced_visual_tokens=0,
+        visual_tokens_in=vis_in / samples if samples else 0.0,
+        final_loss=history[-1][1] if history else None,
+        world_size=world,
+        global_batch=order.global_batch,
+        trainable_parameters=0,
+        history=history,
+    )
+
+
+def _save_checkpoint(
+    cfg: TrainConfig,
+    accelerator: Any,
+    module: Any,
+    optimizer: Any,
+    scheduler: Any,
+    trainable: set[str],
+    state: dict[str, Any],
+    run: dict[str, Any],
+) -> None:
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    full = accelerator.get_state_dict(module)  # collective under FSDP / DeepSpeed
+    weights = None
+    if accelerator.is_main_process:
+        weights = {
+            k[len("model.") :]: v for k, v in full.items() if k.startswith("model.") and k in trainable
+        }
+    optim = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    doc = {"step": state["step"], "settings": run, "history": state["history"], "totals": state["totals"]}
+    checkpoint.save(
+        cfg.out,
+        int(state["step"]),
+        accelerator=accelerator,
+        weights=weights,
+        optim_state=optim,
+        state=doc,
+        sharded_optimizer=sharded,
+        keep=cfg.keep,
+    )
+
+
+def _save_model(loaded: Any, full: dict[str, torch.Tensor], out: Path) -> Path:
+    """save_pretrained (+ processor) into OUT/model, swapped in atomically."""
+    target, tmp, old = out / "model", out / ".tmp-model", out / ".old-model"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    weights = {k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")}
+    loaded.model.save_pretrained(tmp, state_dict=weights)
+    loaded.processor.save_pretrained(tmp)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+__all__ = ["IGNORE", "Hooks", "StepInfo", "TrainConfig", "TrainReport", "train"]
