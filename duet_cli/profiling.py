@@ -59,6 +59,9 @@ class Analysis:
         return sum(self.ledger) / len(self.ledger)
 
 
+DEFAULT_FRAMES = 8  # a video card's --config-only arithmetic is for one clip of this many frames
+
+
 def query_rows(resolved: ResolvedProfile, tokens: int, after_image: int) -> int:
     """Query rows stage 2 ranks with; `salient` is bounded above by the tokens after the image."""
     if resolved.queries == "last":
@@ -78,10 +81,18 @@ def analyze(
     bytes_per_element: int,
     batch: int = 1,
     ledger: Sequence[int] | None = None,
+    frames: int = 0,
 ) -> Analysis:
-    """FLOPs and KV bytes of `resolved`; `ledger` defaults to the profile's arithmetic for one image."""
-    n0 = resolved.tokens_per_image(dims)
-    visual = list(ledger) if ledger is not None else resolved.ledger(n0)
+    """FLOPs and KV bytes of `resolved`; `ledger` defaults to the profile's arithmetic for one image, or
+    for a clip of `frames` frames (video families: every frame goes through the tower and stage 1)."""
+    if frames:
+        vision_cfg = resolved.vision
+        per_unit = vision_cfg.tokens if vision_cfg is not None else dims.unreduced_frame_tokens
+        unreduced = frames * dims.unreduced_frame_tokens
+    else:
+        per_unit, unreduced = resolved.tokens_per_image(dims), dims.unreduced_tokens
+    units = frames or 1
+    visual = list(ledger) if ledger is not None else resolved.ledger(per_unit * units)
     n0 = visual[0]
     scoring = 0
     cfg: Any = resolved.vision
@@ -104,11 +115,13 @@ def analyze(
         profile=resolved.name,
         hash=resolved.hash,
         tokens_in=n0,
-        unreduced=dims.unreduced_tokens,
+        unreduced=unreduced,
         ledger=visual,
         text_tokens=text_tokens,
         batch=batch,
-        vision=vision_flops(arch, images=1, tokens_to_llm_per_image=n0, scoring_per_image=scoring),
+        vision=vision_flops(
+            arch, images=units, tokens_to_llm_per_image=n0 // units, scoring_per_image=scoring
+        ),
         prefill=prefill_flops(arch.text, visual, text_tokens, ranking=ranking),
         decode=decode_step_flops(arch.text, per_layer),
         kv=kv_cache_bytes(arch.text, per_layer, bytes_per_element),
@@ -147,6 +160,7 @@ class ProfileReport:
     question: str | None = None
     device: str | None = None
     dtype: str | None = None
+    frames: int = 0  # video families (--config-only): the arithmetic is for one clip of this many frames
     process_max_rss_bytes: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -205,6 +219,7 @@ def profile_config_only(
     arch = _arch_for(spec)
     n_text = DEFAULT_TEXT_TOKENS if text_tokens is None else text_tokens
     bpe = CONFIG_ONLY_BYTES[dtype]
+    frames = DEFAULT_FRAMES if dims.unreduced_frame_tokens else 0  # video families: one clip
     rows = [
         ProfileRow(
             analyze(
@@ -215,6 +230,7 @@ def profile_config_only(
                 after_image_tokens=n_text,
                 bytes_per_element=bpe,
                 batch=batch,
+                frames=frames,
             )
         )
         for r in resolved
@@ -229,6 +245,7 @@ def profile_config_only(
         text_tokens_source="assumed" if text_tokens is None else "--text-tokens",
         bytes_per_element=bpe,
         num_layers=dims.num_layers,
+        frames=frames,
     )
 
 
@@ -431,6 +448,7 @@ def report_numbers(report: ProfileReport) -> dict[str, Any]:
         "batch_size": b,
         "text_tokens": report.text_tokens,
         "text_tokens_source": report.text_tokens_source,
+        "frames": report.frames,
         "kv_bytes_per_element": report.bytes_per_element,
         "attention_counted": "causal",
         "repeats": report.repeats,

@@ -81,8 +81,9 @@ def tokens_table(numbers: dict[str, Any]) -> Table:
         numbers["text_tokens_source"]
     ]
     base_kv = numbers["rows"][0]["kv_cache_bytes"]
+    clip = f", one clip of {numbers['frames']} frames" if numbers.get("frames") else ""
     table = _table(
-        f"visual tokens and KV cache ({numbers['text_tokens']} text tokens per prompt, {src})",
+        f"visual tokens and KV cache ({numbers['text_tokens']} text tokens per prompt, {src}{clip})",
         f"KV cache after prefill, every layer holding what it saw, {numbers['kv_bytes_per_element']} "
         "bytes per element",
         ["profile", "tokens in", "of unreduced", "avg visual", "KV cache MiB", "vs baseline"],

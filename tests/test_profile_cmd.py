@@ -156,6 +156,21 @@ def test_config_only_llava_7b_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     assert flops["baseline"][3] == fmt_gflops(base["flops"]["prefill"]["actual"]) == "7,866"
 
 
+def test_config_only_video_card_is_one_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "load_model", lambda *a, **k: pytest.fail("--config-only loaded a model"))
+    args = ["profile", "--config-only", "-m", "video-llava-7b", "-p", "video-duet-960", "--json"]
+    doc = json.loads(invoke(args).stdout)["numbers"]
+    assert doc["frames"] == 8
+    base, duet = doc["rows"]
+    # 8 frames x 257 tokens (video frames keep CLS); video-duet-960: 8 x (160 + 32) = 1536 in
+    assert (base["tokens_in"], base["unreduced"], duet["tokens_in"]) == (2056, 2056, 1536)
+    assert duet["ledger"] == [1536] * 16 + [768] * 8 + [0] * 8 and duet["avg_visual_tokens"] == 960
+    # KV cache in bf16, 16384 bytes per token per layer, 24 text tokens per layer
+    assert duet["kv_cache_bytes"] == 16384 * (16 * 1560 + 8 * 792 + 8 * 24) == 515_899_392
+    arch = Architecture.from_card(get_card("video-llava-7b").architecture)
+    assert base["flops"]["prefill"]["actual"] == prefill_flops(arch.text, [2056] * 32, 24).actual
+
+
 def test_text_tokens_needs_config_only() -> None:
     result = CliRunner(env=ENV).invoke(cli.app, ["profile", "--text-tokens", "5"])
     assert isinstance(result.exception, UsageError)
