@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import reference_hidden
 from tiny import IMAGE_ID, batch_inputs, profile
 from transformers import LlavaForConditionalGeneration
 
@@ -42,23 +43,8 @@ def test_keep_everything_equals_stock_loss(tiny_llava: LlavaForConditionalGenera
 @torch.no_grad()
 def reference_loss(model, seq, labels, features, kept, starts, positions):  # type: ignore[no-untyped-def]
     """Summed CE of ONE unpadded sample over exactly the kept tokens, every position (hand-built masks)."""
-    lm = model.model.language_model
-    ids = torch.tensor([seq])
-    h = lm.embed_tokens(ids)
-    visual = ids[0] == IMAGE_ID
-    h[0, visual] = features.to(h.dtype)
-    vis_index = torch.cumsum(visual.long(), 0) - 1
-    cols = list(range(len(seq)))
-    for i, layer in enumerate(lm.layers):
-        if i in starts[1:]:
-            keep_vis = set(kept[starts.index(i) - 1])
-            keep = [j for j, c in enumerate(cols) if not visual[c] or int(vis_index[c]) in keep_vis]
-            h, cols = h[:, keep], [cols[j] for j in keep]
-        n = len(cols)
-        pos = torch.tensor([cols if positions == "keep" else list(range(n))])
-        mask = torch.full((n, n), float("-inf")).triu(1).view(1, 1, n, n)
-        h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=lm.rotary_emb(h, pos))
-    logits = model.lm_head(lm.norm(h))[0]
+    hidden, cols = reference_hidden(model, seq, features, kept, starts, positions, IMAGE_ID)
+    logits = model.lm_head(hidden)[0]
     kept_labels = torch.tensor([labels[c] for c in cols])
     return F.cross_entropy(logits[:-1], kept_labels[1:], ignore_index=IGNORE, reduction="sum")
 
