@@ -70,6 +70,8 @@ def infer(
     frames: int = 8,
     dtype: str = "auto",
     device: str = "auto",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     batch_size: int = 1,
     seed: int = 0,
     on_loaded: Callable[[LoadedModel], None] | None = None,
@@ -81,7 +83,8 @@ def infer(
     The profile, all images and all videos are checked before the model is loaded, so bad input fails
     fast. `items` are (question, image paths) pairs, (question, image paths, video paths) triples, or
     objects with `.question`, `.images` and optional `.videos` and `.id`. Each video contributes
-    `frames` frames sampled uniformly.
+    `frames` frames sampled uniformly. `min_pixels` / `max_pixels` bound the image size of
+    dynamic-resolution models (Qwen2.5-VL).
     """
     from duet_cli.jsonio import provenance
 
@@ -106,7 +109,7 @@ def infer(
     prompts = [Prompt(q, imgs, clip) for q, imgs, clip in zip(questions, pictures, clips, strict=True)]
     if profile is not None:
         load_profile(profile)  # a typo fails before the model loads
-    loaded = load_model(model, dtype=dtype, device=device)
+    loaded = load_model(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
     if on_loaded is not None:
         on_loaded(loaded)
     profile_obj = load_profile(profile or loaded.default_profile)

@@ -18,6 +18,14 @@ class ModelDims:
     grid: tuple[int, int]  # patch grid per image (rows, cols)
     # visual tokens per video frame the stock model feeds the LLM (Video-LLaVA: 257, CLS kept); 0 = no video
     unreduced_frame_tokens: int = 0
+    # dynamic resolution (Qwen2.5-VL): every image has its own grid and token count; the per-image numbers
+    # above describe a reference image (QWEN_REFERENCE_SIDE px square) and only serve the arithmetic
+    dynamic_resolution: bool = False
+
+
+# Qwen2.5-VL: the reference image of the profile arithmetic, 896 x 896 px = 64 x 64 patches of 14 px,
+# merged 2 x 2 into 32 x 32 = 1024 LLM tokens (a run counts each image's own merged tokens)
+QWEN_REFERENCE_SIDE = 896
 
 
 def dims_from_config(config: Any) -> ModelDims:
@@ -51,6 +59,19 @@ def dims_from_config(config: Any) -> ModelDims:
             grid=(side, side),
             unreduced_frame_tokens=tokens,
         )
+    if model_type == "qwen2_5_vl":
+        vc = config.vision_config
+        merge = getattr(vc, "spatial_merge_size", 2)  # a catalog card's config view has none: always 2
+        side = QWEN_REFERENCE_SIDE // vc.patch_size // merge  # merged units per side of the reference image
+        return ModelDims(
+            family="qwen2_5_vl",
+            num_layers=config.text_config.num_hidden_layers,
+            vision_tokens=side * side,
+            has_cls=False,
+            unreduced_tokens=side * side,
+            grid=(side, side),
+            dynamic_resolution=True,
+        )
     raise ModelNotFoundError(
-        f"model type {model_type!r} is not supported by duet (supported: llava, video_llava)"
+        f"model type {model_type!r} is not supported by duet (supported: llava, qwen2_5_vl, video_llava)"
     )

@@ -242,7 +242,9 @@ def resolve_profile(profile: Profile, dims: ModelDims) -> ResolvedProfile:
     cannot = f"this profile cannot be realised on a model with {depth} decoder layers"
     errors: list[str] = []
     vision = profile.vision
-    if vision is not None:
+    if vision is not None and not dims.dynamic_resolution:
+        # dynamic-resolution families (Qwen2.5-VL) have no fixed token count to check against: stage 1
+        # clamps its counts to each image's own tokens
         errors.extend(vision.check(dims))
     layers: list[int] = []
     llm = profile.llm

@@ -43,6 +43,9 @@ SHIPPED = [
     "pool-121",
     "pool-196",
     "pool-64",
+    "qwen-duet-640",
+    "qwen-pdrop-50",
+    "qwen-visionzip-640",
     "random-128",
     "random-192",
     "random-64",
@@ -66,6 +69,24 @@ def llava(num_layers: int = 32) -> ModelDims:
         unreduced_tokens=576,
         grid=(24, 24),
     )
+
+
+def qwen(num_layers: int = 28) -> ModelDims:
+    """Qwen2.5-VL dims (dynamic resolution: per-image numbers are the 896 px reference image's)."""
+    return ModelDims(
+        family="qwen2_5_vl",
+        num_layers=num_layers,
+        vision_tokens=1024,
+        has_cls=False,
+        unreduced_tokens=1024,
+        grid=(32, 32),
+        dynamic_resolution=True,
+    )
+
+
+def dims_of(name: str, depth: int) -> ModelDims:
+    """Shipped profiles resolve on their family: qwen-* on Qwen2.5-VL, the rest on LLaVA-1.5."""
+    return qwen(depth) if name.startswith("qwen-") else llava(depth)
 
 
 def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
@@ -93,10 +114,10 @@ def test_shipped_profile_validates_and_resolves(name: str, depth: int) -> None:
     assert profile.name == name
     assert profile.source == profiles_dir() / f"{name}.yaml"
     assert len(profile.hash) == 12
-    resolved = resolve_profile(profile, llava(depth))
+    resolved = resolve_profile(profile, dims_of(name, depth))
     assert resolved.num_layers == depth
     assert all(1 <= layer < depth for layer in resolved.llm_layers)
-    assert len(resolved.ledger(resolved.tokens_per_image(llava(depth)))) == depth
+    assert len(resolved.ledger(resolved.tokens_per_image(dims_of(name, depth)))) == depth
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -105,10 +126,11 @@ def test_shipped_header_says_what_how_and_arithmetic(name: str) -> None:
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     assert text.startswith(f"# {name}: ")
     assert f"duet infer --profile {name} --image examples/shapes.png --question " in header
-    depths = [32, 8] if load_profile(name).llm is not None else [32]
+    full = 28 if name.startswith("qwen-") else 32
+    depths = [full, 8] if load_profile(name).llm is not None else [full]
     for depth in depths:
-        resolved = resolve_profile(load_profile(name), llava(depth))
-        terms = resolved.arithmetic(resolved.tokens_per_image(llava(depth))).split(" = ")[0]
+        resolved = resolve_profile(load_profile(name), dims_of(name, depth))
+        terms = resolved.arithmetic(resolved.tokens_per_image(dims_of(name, depth))).split(" = ")[0]
         assert terms in header, (terms, depth)
 
 

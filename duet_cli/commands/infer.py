@@ -49,6 +49,20 @@ def infer(
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
+    min_pixels: Annotated[
+        int | None,
+        typer.Option(
+            "--min-pixels",
+            min=1,
+            help="Qwen2.5-VL: smallest image area in pixels (processor default if unset).",
+        ),
+    ] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pixels", min=1, help="Qwen2.5-VL: largest image area in pixels (fewer visual tokens)."
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
     out_file: Annotated[
@@ -97,6 +111,8 @@ def infer(
             items,
             dtype=dtype,
             device=device,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
             batch_size=batch_size,
             frames=frames,
             seed=seed,

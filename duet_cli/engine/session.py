@@ -17,6 +17,7 @@ from torch import nn
 from duet_cli.engine.recorder import LanguageModelTimer, Recorder
 from duet_cli.engine.setup_checks import check_model_setup
 from duet_cli.engine.stage1 import VisionStage1, VisionTimer
+from duet_cli.engine.stage1_qwen import QwenVisionStage1, reduced_count
 from duet_cli.engine.stage2 import PyramidDropStage
 from duet_cli.errors import HookError
 from duet_cli.families import get_adapter
@@ -32,9 +33,13 @@ class ReductionSession:
         self.model, self.adapter, self.resolved = model, adapter, resolved
         self.dims = adapter.dims(model)
         self.recorder = Recorder()
+        # dynamic-resolution families: stock merged tokens of each image of the latest inputs built
+        self.image_tokens: list[int] = []
         owner = adapter.image_features_owner(model)
-        self.vision: VisionStage1 | VisionTimer = (
-            VisionStage1(model, adapter, resolved.vision, self.recorder)
+        self.vision: VisionStage1 | QwenVisionStage1 | VisionTimer = (
+            (QwenVisionStage1 if self.dims.dynamic_resolution else VisionStage1)(
+                model, adapter, resolved.vision, self.recorder
+            )
             if resolved.vision is not None
             else VisionTimer(owner, self.recorder, tuple(adapter.modalities))
         )
@@ -45,6 +50,13 @@ class ReductionSession:
     def tokens_per_image(self) -> int:
         """Visual tokens each image contributes to the prompt (the placeholder count)."""
         return int(self.resolved.tokens_per_image(self.dims))
+
+    def tokens_for_image(self, merged_tokens: int) -> int:
+        """Placeholders of one image with `merged_tokens` stock tokens (dynamic-resolution families:
+        stage 1 clamps its counts to each image)."""
+        if self.resolved.vision is None:
+            return merged_tokens
+        return reduced_count(self.resolved.vision, merged_tokens)
 
     @property
     def tokens_per_frame(self) -> int:

@@ -10,6 +10,7 @@ reduced one by one: a clip of F frames is F images to the tower and to the metho
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -45,45 +46,26 @@ class VisionTimer:
     def install(self) -> None:
         timed = {"image": self._timed, "video": self._timed_video}
         for modality in self.modalities:
-            _swap_in(self.owner, method_name(modality), timed[modality])
+            name = method_name(modality)
+            _swap_in(self.owner, name, _with_signature_of(getattr(self.owner, name), timed[modality]))
 
     def remove(self) -> None:
         for modality in self.modalities:
             _swap_out(self.owner, method_name(modality))
 
-    def _timed(
-        self,
-        pixel_values: torch.Tensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        image_sizes: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def _timed(self, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        # the caller's arguments go through untouched: each family's stock signature differs
+        # (LLaVA: vision_feature_layer, ...; Qwen2.5-VL: image_grid_thw, passed positionally)
         watch = Stopwatch(pixel_values.device)
         watch.start()
-        if image_sizes is not None:  # as the stock method: only when given (not every family takes it)
-            kwargs["image_sizes"] = image_sizes
-        result = type(self.owner).get_image_features(
-            self.owner,
-            pixel_values,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            **kwargs,
-        )
+        result = type(self.owner).get_image_features(self.owner, pixel_values, *args, **kwargs)
         self.recorder.vision_s += watch.stop()
         return result
 
-    def _timed_video(
-        self,
-        pixel_values_videos: torch.Tensor,
-        vision_feature_layer: int | list[int] | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def _timed_video(self, pixel_values_videos: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         watch = Stopwatch(pixel_values_videos.device)
         watch.start()
-        result = type(self.owner).get_video_features(
-            self.owner, pixel_values_videos, vision_feature_layer=vision_feature_layer, **kwargs
-        )
+        result = type(self.owner).get_video_features(self.owner, pixel_values_videos, *args, **kwargs)
         self.recorder.vision_s += watch.stop()
         return result
 
@@ -191,6 +173,17 @@ class VisionStage1:
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden, pooler_output=self.adapter.pooled_output("video", features)
         )
+
+
+def _with_signature_of(stock: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` presenting the stock method's signature: generate() reads it to pick the encoder's
+    arguments out of its kwargs (Qwen2.5-VL's image_grid_thw)."""
+
+    @functools.wraps(stock)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _swap_in(owner: nn.Module, name: str, fn: Any) -> None:

@@ -7,6 +7,10 @@ keeps the length it saw, so during decoding every segment rebuilds its mask agai
 Layer 0 always sees the full sequence, which is what `generate()` reads.
 Every placeholder id the family has (images, and video frames for Video-LLaVA) marks a visual token, so
 all images and all frames of a prompt are ranked together against one keep count.
+M-RoPE families (Qwen2.5-VL, `rope_rows = 3`): the decoder layers get only the text positions (row 0 of
+the (4, B, L) ids, or None); the three M-RoPE rows are read where the language model is called, gathered
+with the kept columns (kept tokens keep their 3-D positions) and turned into cos/sin by the model's own
+rotary module, so ranking and attention rotate exactly as the stock attention does.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Segment:
     mask2d: torch.Tensor  # (B, Ls) long, 1 = real token
     shift: torch.Tensor  # (B,) subtract from stock decode positions (renumber mode)
     kwargs: dict[str, Any] | None = None  # substitutions for the current forward
+    rope: torch.Tensor | None = None  # (3, B, Ls) M-RoPE positions of the prefill columns (M-RoPE only)
 
 
 @dataclass
@@ -61,6 +66,13 @@ class PyramidDropStage:
         # every modality's placeholders are visual tokens: all images and all frames are ranked together
         self.visual_ids = torch.tensor(adapter.visual_token_ids(model), dtype=torch.long)
         self.rotary = adapter.rotary_embedding(model)
+        self.mrope = adapter.rope_rows > 1
+        if self.mrope and resolved.positions == "renumber":
+            raise UnsupportedSetupError(
+                "llm.positions: renumber is not defined for M-RoPE models (3-D positions); "
+                "use positions: keep (kept tokens keep their original 3-D positions)"
+            )
+        self._rope_in: torch.Tensor | None = None  # (3, B, L) M-RoPE rows of the current forward
         self.state: PromptState | None = None
         self.phase = "idle"
         self.query_override: torch.Tensor | None = None  # (B, L0) bool, one prefill only
@@ -111,8 +123,12 @@ class PyramidDropStage:
                 "Static and offloaded caches are not supported with an llm stage"
             )
         cached = past is not None and past.get_seq_length() > 0
+        if self.mrope:
+            self._rope_in = self._mrope_rows(kwargs.get("position_ids"), embeds, past)
         if not cached:
             self._start_prompt(embeds, kwargs.get("attention_mask"))
+            if self.mrope and self.state is not None:
+                self.state.segments[0].rope = self._rope_in
             self.phase = "prefill"
         else:
             if self.state is None:
@@ -125,6 +141,21 @@ class PyramidDropStage:
             self.phase = "decode"
             self._decode_mask = kwargs.get("attention_mask")
         return None
+
+    @staticmethod
+    def _mrope_rows(position_ids: torch.Tensor | None, embeds: torch.Tensor, past: Any) -> torch.Tensor:
+        """The (3, B, L) M-RoPE rows the stock text model derives from its `position_ids` argument."""
+        b, length = embeds.shape[:2]
+        if position_ids is None:
+            start = past.get_seq_length() if past is not None else 0
+            rows = torch.arange(start, start + length, device=embeds.device).view(1, 1, -1)
+        elif position_ids.ndim == 2:
+            rows = position_ids[None]
+        elif position_ids.shape[0] == 4:
+            rows = position_ids[1:]  # row 0 holds the text positions (mask only)
+        else:
+            rows = position_ids
+        return rows.to(embeds.device).expand(3, b, length)
 
     def _lm_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self.state is not None:
@@ -218,7 +249,8 @@ class PyramidDropStage:
         cos, sin = current["position_embeddings"]
         positions = current["position_ids"]
         b, length = hidden.shape[:2]
-        positions = positions.expand(b, length) if positions.shape[0] != b else positions
+        if positions is not None:  # M-RoPE layers may get no text positions
+            positions = positions.expand(b, length) if positions.shape[0] != b else positions
         valid = prev.mask2d.bool()
         visual = prev.vis >= 0
         keep_n = torch.tensor(
@@ -238,12 +270,18 @@ class PyramidDropStage:
             mask2d=mask2d,
             shift=state.segments[0].mask2d.sum(dim=1) - mask2d.sum(dim=1),
         )
+        new_pos: torch.Tensor | None
         if self.resolved.positions == "renumber":
             new_pos = (mask2d.cumsum(dim=1) - 1).clamp(min=0)
         else:
-            new_pos = gather_columns(positions, index_map)
+            new_pos = gather_columns(positions, index_map) if positions is not None else None
             seg.shift = torch.zeros_like(seg.shift)
-        seg.kwargs = self._segment_kwargs(index, new_hidden, mask2d, new_pos, kwargs.get("past_key_values"))
+        if self.mrope:  # kept tokens keep their 3-D positions
+            assert prev.rope is not None
+            seg.rope = gather_columns(prev.rope.permute(1, 2, 0), index_map).permute(2, 0, 1)
+        seg.kwargs = self._segment_kwargs(
+            index, new_hidden, mask2d, new_pos, kwargs.get("past_key_values"), seg.rope
+        )
         if len(state.segments) > s:
             state.segments[s] = seg
         else:
@@ -311,12 +349,21 @@ class PyramidDropStage:
             extra = torch.ones(b, new_cols, dtype=seg.mask2d.dtype, device=seg.mask2d.device)
         mask2d = torch.cat([seg.mask2d, extra], dim=1)
         positions = kwargs["position_ids"]
+        if self.mrope:  # keep mode: the stock decode positions (rope deltas included) are already right
+            seg.kwargs = self._segment_kwargs(index, hidden, mask2d, positions, past, self._rope_in)
+            return
         positions = positions.expand(b, -1) if positions.shape[0] != b else positions
         positions = positions - seg.shift.unsqueeze(1)
         seg.kwargs = self._segment_kwargs(index, hidden, mask2d, positions, past)
 
     def _segment_kwargs(
-        self, index: int, hidden: torch.Tensor, mask2d: torch.Tensor, positions: torch.Tensor, past: Any
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        mask2d: torch.Tensor,
+        positions: torch.Tensor | None,
+        past: Any,
+        rope: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         # always an explicit 2-D mask: gapped positions (keep mode) must never be read as packed sequences
         mask = create_causal_mask(
@@ -330,5 +377,6 @@ class PyramidDropStage:
         return {
             "attention_mask": mask,
             "position_ids": positions,
-            "position_embeddings": self.rotary(hidden, positions),
+            # M-RoPE: cos/sin from the three position rows; the text positions only feed the mask
+            "position_embeddings": self.rotary(hidden, rope if rope is not None else positions),
         }

@@ -7,9 +7,14 @@ from typing import Any
 from duet_cli.errors import ModelNotFoundError
 from duet_cli.families.base import FamilyAdapter
 from duet_cli.families.llava import LlavaAdapter
+from duet_cli.families.qwen2_5_vl import Qwen25VLAdapter
 from duet_cli.families.video_llava import VideoLlavaAdapter
 
-_ADAPTERS: dict[str, FamilyAdapter] = {"llava": LlavaAdapter(), "video_llava": VideoLlavaAdapter()}
+_ADAPTERS: dict[str, FamilyAdapter] = {
+    "llava": LlavaAdapter(),
+    "qwen2_5_vl": Qwen25VLAdapter(),
+    "video_llava": VideoLlavaAdapter(),
+}
 
 
 def get_adapter(model: Any) -> FamilyAdapter:

@@ -17,6 +17,8 @@ class FamilyAdapter(Protocol):
     # the owner has a stock `get_<modality>_features` method (what forward() and generate() call).
     modalities: tuple[str, ...]
     placeholders: tuple[str, ...]  # the prompt placeholders a question may not contain
+    # position rows the decoder rotary reads: 1 (Llama) or 3 (M-RoPE: temporal, height, width)
+    rope_rows: int
 
     def dims(self, model: Any) -> ModelDims: ...
 

@@ -48,6 +48,7 @@ class LlavaAdapter:
     family = "llava"
     modalities: tuple[str, ...] = ("image",)
     placeholders: tuple[str, ...] = (IMAGE_PLACEHOLDER,)
+    rope_rows = 1
 
     def dims(self, model: Any) -> ModelDims:
         return dims_from_config(model.config)

@@ -46,6 +46,7 @@ class VideoLlavaAdapter:
     family = "video_llava"
     modalities: tuple[str, ...] = ("image", "video")
     placeholders: tuple[str, ...] = (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)
+    rope_rows = 1
 
     def __init__(self) -> None:
         self._lm = LlavaAdapter()  # the decoder side is the same stock Llama under the same paths
