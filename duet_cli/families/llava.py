@@ -44,6 +44,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def feature_layer_attention(layers: Any, feature_layer: int, where: str) -> nn.Module:
+    """Self-attention of the encoder layer whose output is `hidden_states[feature_layer]` (CLIP towers)."""
+    n = len(layers)
+    if n == 0:
+        raise HookError(f"hook point not found: {where} is empty")
+    index = feature_layer % (n + 1) - 1  # hidden_states[k] is layer k-1's output
+    if index < 0:
+        raise UnsupportedSetupError("stage 1 cannot score the embedding output (vision_feature_layer=0)")
+    return layers[index].self_attn
+
+
 class LlavaAdapter:
     family = "llava"
     modalities: tuple[str, ...] = ("image",)
@@ -73,13 +84,7 @@ class LlavaAdapter:
         """Self-attention of the encoder layer whose output `hidden_states[feature_layer]` is."""
         _image_only(modality)
         layers = find(model, "vision_layers")
-        n = len(layers)
-        if n == 0:
-            raise HookError(f"hook point not found: {PATHS['vision_layers']} is empty")
-        index = self.vision_feature_layer(model) % (n + 1) - 1  # hidden_states[k] is layer k-1's output
-        if index < 0:
-            raise UnsupportedSetupError("stage 1 cannot score the embedding output (vision_feature_layer=0)")
-        return layers[index].self_attn
+        return feature_layer_attention(layers, self.vision_feature_layer(model), PATHS["vision_layers"])
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         return find(model, "projector")(features)

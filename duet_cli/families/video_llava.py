@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from duet_cli.dims import ModelDims, dims_from_config
-from duet_cli.errors import HookError, InputError, UnsupportedSetupError
-from duet_cli.families.llava import LlavaAdapter, find
+from duet_cli.errors import HookError, InputError
+from duet_cli.families.llava import LlavaAdapter, feature_layer_attention, find
 
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
@@ -62,24 +62,12 @@ class VideoLlavaAdapter:
         return _find(model, f"{_modality(modality)}_tower")
 
     def vision_feature_layer(self, model: Any) -> int:
-        layer = model.config.vision_feature_layer
-        if not isinstance(layer, int):
-            raise UnsupportedSetupError(
-                f"vision_feature_layer={layer!r}: stage 1 needs a single vision feature layer"
-            )
-        return layer
+        return self._lm.vision_feature_layer(model)
 
     def vision_score_layer(self, model: Any, modality: str = "image") -> nn.Module:
         """Self-attention of the layer whose output `hidden_states[feature_layer]` is, in that tower."""
         key = f"{_modality(modality)}_layers"
-        layers = _find(model, key)
-        n = len(layers)
-        if n == 0:
-            raise HookError(f"hook point not found: {PATHS[key]} is empty")
-        index = self.vision_feature_layer(model) % (n + 1) - 1  # hidden_states[k] is layer k-1's output
-        if index < 0:
-            raise UnsupportedSetupError("stage 1 cannot score the embedding output (vision_feature_layer=0)")
-        return layers[index].self_attn
+        return feature_layer_attention(_find(model, key), self.vision_feature_layer(model), PATHS[key])
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         return _find(model, "projector")(features)
