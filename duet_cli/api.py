@@ -61,7 +61,7 @@ class InferReport:
 
 
 def infer(
-    model: str | None,
+    model: str | LoadedModel | None,
     profile: str | None,
     items: Sequence[
         tuple[str, Sequence[str | Path]] | tuple[str, Sequence[str | Path], Sequence[str | Path]] | Any
@@ -84,7 +84,8 @@ def infer(
     fast. `items` are (question, image paths) pairs, (question, image paths, video paths) triples, or
     objects with `.question`, `.images` and optional `.videos` and `.id`. Each video contributes
     `frames` frames sampled uniformly. `min_pixels` / `max_pixels` bound the image size of
-    dynamic-resolution models (Qwen2.5-VL).
+    dynamic-resolution models (Qwen2.5-VL). `model` may also be a `LoadedModel` (from `load_model`
+    or an earlier call's `on_loaded`), which is then used as it is instead of loading again.
     """
     from duet_cli.jsonio import provenance
 
@@ -109,7 +110,10 @@ def infer(
     prompts = [Prompt(q, imgs, clip) for q, imgs, clip in zip(questions, pictures, clips, strict=True)]
     if profile is not None:
         load_profile(profile)  # a typo fails before the model loads
-    loaded = load_model(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+    if isinstance(model, LoadedModel):  # already loaded (e.g. several profiles on one model)
+        loaded = model
+    else:
+        loaded = load_model(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
     if on_loaded is not None:
         on_loaded(loaded)
     profile_obj = load_profile(profile or loaded.default_profile)

@@ -283,7 +283,17 @@ def invoke(args: list[str]) -> Any:
     return CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(cli.app, ["visualize", *args])
 
 
-def test_cli_two_profiles_two_rows(tmp_path: Path) -> None:
+def test_cli_two_profiles_two_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from duet_cli import api
+
+    loads: list[str] = []
+    real_load = api.load_model
+
+    def counting_load(*args: Any, **kwargs: Any) -> Any:
+        loads.append("load")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(api, "load_model", counting_load)
     out = tmp_path / "kept.png"
     result = invoke(
         [
@@ -292,6 +302,7 @@ def test_cli_two_profiles_two_rows(tmp_path: Path) -> None:
         ]
     )
     assert result.exit_code == 0, (result.output, result.stderr, result.exception)
+    assert loads == ["load"]  # one model load for both profiles
     doc = json.loads(result.stdout)
     assert doc["out"] == str(out)
     assert [r["provenance"]["profile_name"] for r in doc["runs"]] == ["duet-64", "visionzip-64"]

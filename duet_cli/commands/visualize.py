@@ -90,16 +90,18 @@ def visualize(
     quiet_transformers()
 
     grids: list[tuple[int, int]] = []
+    shared: list[Any] = []  # the model, loaded once for every profile
 
     def remember_grid(loaded: Any) -> None:
         grids.append(loaded.adapter.dims(loaded.model).grid)
+        shared[:] = [loaded]
 
     reports = []
     with err.status("running", spinner="dots"):
         for name in names:
             reports.append(
                 api.infer(
-                    model,
+                    shared[0] if shared else model,
                     name,
                     [(question, list(image or []), [video] if video is not None else [])],
                     frames=frames,
