@@ -18,7 +18,8 @@ reported, so that a shared or throttled CPU slows all rows alike and the *ratios
   `text_to_visual_scores`, `plan_keep`, `repack_left` and the gather of the kept hidden states) as a
   share of baseline prefill (vision + LLM; goal: at most 3%);
 - stage-1 encode (no projector): the stock SDPA tower; ours (the same SDPA tower with duet's armed
-  scoring pre-hook, then scoring and selection: goal within 3% of stock); and the published approach
+  scoring hooks on q_proj/k_proj, then scoring and selection: goal within 3% of stock); and the
+  published approach
   (the same tower switched to eager attention with `output_attentions=True`, so every layer returns its
   attention map, then scoring from the map and selection);
 - KV-cache bytes after prefill, read from the real cache, asserted equal to the ledger arithmetic.
@@ -294,7 +295,7 @@ def stage2_ranking(model: Any, resolved: ResolvedProfile, n0: int, hidden: torch
 
 def vision_encode(model: Any, px: torch.Tensor, variant: str, resolved: ResolvedProfile | None) -> float:
     """Stage-1 encode without the projector: 'stock' SDPA tower; 'ours' = the same tower with duet's
-    armed pre-hook + scoring + selection; 'published' = eager tower returning every attention map +
+    armed q/k hooks + scoring + selection; 'published' = eager tower returning every attention map +
     scoring from the map + selection."""
     adapter = get_adapter(model)
     tower = adapter.vision_tower(model)
@@ -314,16 +315,9 @@ def vision_encode(model: Any, px: torch.Tensor, variant: str, resolved: Resolved
     }
     if variant == "ours":
         with apply_profile(model, resolved) as session:
-            stage = session.vision
+            stage: Any = session.vision
             t0 = time.perf_counter()
-            stage._armed, stage._captured = True, None  # exactly what VisionStage1.get_image_features does
-            try:
-                out = tower(px, output_hidden_states=True, return_dict=True)
-            finally:
-                stage._armed = False
-            q_cls, keys, scale = stage._captured
-            scores = cls_attention_scores(q_cls, keys, scale)
-            select_and_merge(out.hidden_states[feature], scores, keys.mean(dim=1), **kwargs)
+            stage.reduce_tokens("image", px)  # tower + scoring + selection, as get_image_features runs them
             return time.perf_counter() - t0
     config = tower.config
     saved = config._attn_implementation
@@ -577,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ours" in em:
         console.print(
             f"stage-1 encode ({encode['profile']}, no projector): stock SDPA tower {em['stock']:.0f} ms; "
-            f"ours (SDPA + pre-hook + scoring + selection) {em['ours']:.0f} ms = "
+            f"ours (SDPA + q/k hooks + scoring + selection) {em['ours']:.0f} ms = "
             f"{encode['ours_over_stock']:.3f}x stock; published (eager, every attention map) "
             f"{em['published']:.0f} ms = {encode['published_over_stock']:.3f}x stock "
             "(ratios: median over repeats of each variant / the stock tower of the same repeat)"

@@ -1,7 +1,7 @@
 """Stage 1 on CLIP towers: a registered method reduces the feature-layer tokens before the projector.
 
-Methods that rank by CLS attention (VisionZip) get the CLS query and the keys from a forward pre-hook
-on the scoring layer's self-attention (its input is already layer-normed), so the tower stays on SDPA
+Methods that rank by CLS attention (VisionZip) get the CLS query and the keys from forward hooks on
+the scoring layer's own q_proj / k_proj (outputs it computes anyway), so the tower stays on SDPA
 and no encoder layer runs in eager mode to return attention maps. For every modality the family takes
 (`image`; `video` for Video-LLaVA) the stock `get_<modality>_features` is replaced on the model
 *instance* (never the class), which is what both `forward()` and `generate()` call. Video frames are
@@ -81,16 +81,17 @@ class VisionStage1:
         self.needs_scores = bool(getattr(config, "needs_scores", False))
         self.modalities = tuple(adapter.modalities)
         # every hook point is looked up now, so a missing one fails before anything is installed
-        self.score_attn = {m: adapter.vision_score_layer(model, m) for m in self.modalities}
+        self.score_attn: dict[str, Any] = {m: adapter.vision_score_layer(model, m) for m in self.modalities}
         self.dims = adapter.dims(model)
         self._armed = False
-        self._captured: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self._captured: dict[str, torch.Tensor] = {}  # the scoring layer's own q_proj / k_proj outputs
         self._handles: list[Any] = []
 
     def install(self) -> None:
         if self.needs_scores:
             for attn in self.score_attn.values():
-                self._handles.append(attn.register_forward_pre_hook(self._capture, with_kwargs=True))
+                self._handles.append(attn.q_proj.register_forward_hook(self._keep("q")))
+                self._handles.append(attn.k_proj.register_forward_hook(self._keep("k")))
         replacements = {"image": self.get_image_features, "video": self.get_video_features}
         for modality in self.modalities:
             _swap_in(self.owner, method_name(modality), replacements[modality])
@@ -102,23 +103,29 @@ class VisionStage1:
         for modality in self.modalities:
             _swap_out(self.owner, method_name(modality))
 
-    def _capture(self, module: Any, args: tuple, kwargs: dict) -> None:
-        if not self._armed:
+    def _keep(self, name: str) -> Any:
+        """A forward hook keeping the projection the scoring layer computes anyway (no extra matmul)."""
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if self._armed:
+                self._captured[name] = output
             return None
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        b, n, _ = hidden.shape
-        heads, head_dim = module.num_heads, module.head_dim
-        q_cls = module.q_proj(hidden[:, :1]).view(b, heads, head_dim)
-        keys = module.k_proj(hidden).view(b, n, heads, head_dim).transpose(1, 2)
-        self._captured = (q_cls, keys, float(module.scale))
-        return None
+
+        return hook
 
     def _reduce(
         self, modality: str, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, Any, list[ImageSelection]]:
         """Tower, method and projector on a batch of images (B, 3, H, W): features (B, n, D)."""
+        reduced, last_hidden, selections = self.reduce_tokens(modality, pixel_values)
+        return self.adapter.project(self.model, reduced), last_hidden, selections
+
+    def reduce_tokens(
+        self, modality: str, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, Any, list[ImageSelection]]:
+        """Tower, scoring and the method, before the projector: the kept tokens (B, n, Dv)."""
         tower = self.adapter.vision_tower(self.model, modality)
-        self._armed, self._captured = self.needs_scores, None
+        self._armed, self._captured = self.needs_scores, {}
         try:
             outputs = tower(pixel_values, output_hidden_states=True, return_dict=True)
         finally:
@@ -126,16 +133,21 @@ class VisionStage1:
         hidden = outputs.hidden_states[self.adapter.vision_feature_layer(self.model)]
         inputs = Stage1Inputs(hidden, pixel_values, self.dims.grid, self.dims.has_cls)
         if self.needs_scores:
-            if self._captured is None:
+            if set(self._captured) != {"q", "k"}:
                 raise HookError(
-                    "stage 1: the vision scoring hook did not fire; the tower is not laid out as expected"
+                    "stage 1: the vision scoring hooks did not fire; the tower is not laid out as expected"
                 )
-            q_cls, keys, scale = self._captured
-            self._captured = None
-            inputs.scores = cls_attention_scores(q_cls, keys, scale)
+            attn = self.score_attn[modality]
+            q, k = self._captured["q"], self._captured["k"]
+            self._captured = {}
+            b, n, _ = k.shape
+            heads, head_dim = attn.num_heads, attn.head_dim
+            q_cls = q[:, 0].reshape(b, heads, head_dim)
+            keys = k.reshape(b, n, heads, head_dim).transpose(1, 2)
+            inputs.scores = cls_attention_scores(q_cls, keys, float(attn.scale))
             inputs.keys = keys.mean(dim=1)
         reduced, selections = self.apply_fn(inputs, self.config)
-        return self.adapter.project(self.model, reduced), outputs.last_hidden_state, selections
+        return reduced, outputs.last_hidden_state, selections
 
     def get_image_features(
         self,
