@@ -1,6 +1,6 @@
-"""An independent cache-free reference decoder for the invariant tests.
+"""Independent references for the invariant tests: a cache-free decoder, and a model snapshot.
 
-It runs the stock decoder layers one by one on exactly the kept tokens of each segment of ONE unpadded
+The decoder runs the stock decoder layers one by one on exactly the kept tokens of each segment of ONE unpadded
 sequence, with a hand-built causal mask and positions written out here (no duet code involved), and
 returns the final normed hidden states with the original column of each.
 """
@@ -43,3 +43,18 @@ def reference_hidden(  # type: ignore[no-untyped-def]
         mask = torch.full((n, n), float("-inf")).triu(1).view(1, 1, n, n)
         h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=lm.rotary_emb(h, pos))
     return lm.norm(h), cols
+
+
+def model_snapshot(model: torch.nn.Module) -> tuple[dict, dict]:
+    """Every tensor, and per module its hook counts and instance attributes (what removal must restore)."""
+    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    modules = {
+        name: (
+            len(m._forward_pre_hooks),
+            len(m._forward_hooks),
+            len(m._forward_pre_hooks_with_kwargs),
+            sorted(vars(m).keys()),
+        )
+        for name, m in model.named_modules()
+    }
+    return tensors, modules

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from reference import model_snapshot
 from tiny import IMAGE_ID, batch_inputs, profile
 from transformers import LlavaForConditionalGeneration
 from transformers.models.llava import modeling_llava
@@ -80,27 +81,13 @@ def test_vision_stage_keeping_every_token_is_stock_full_strategy(
     assert torch.equal(text, ref_text)
 
 
-def _snapshot(model: torch.nn.Module) -> tuple[dict, dict]:
-    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    modules = {
-        name: (
-            len(m._forward_pre_hooks),
-            len(m._forward_hooks),
-            len(m._forward_pre_hooks_with_kwargs),
-            sorted(vars(m).keys()),
-        )
-        for name, m in model.named_modules()
-    }
-    return tensors, modules
-
-
 @torch.no_grad()
 def test_apply_and_remove_leaves_the_model_exactly_as_it_was(
     tiny_llava: LlavaForConditionalGeneration,
 ) -> None:
     inputs = batch_inputs(576)
     class_method = modeling_llava.LlavaModel.__dict__["get_image_features"]
-    before_tensors, before_modules = _snapshot(tiny_llava)
+    before_tensors, before_modules = model_snapshot(tiny_llava)
     ref = tiny_llava(**inputs).logits
     duet = profile(
         vision={"dominant": 300, "contextual": 7, "contextual_mode": "pooled"},
@@ -112,7 +99,7 @@ def test_apply_and_remove_leaves_the_model_exactly_as_it_was(
         tiny_llava.generate(**batch_inputs(307), **GEN)
         with pytest.raises(HookError, match="already applied"), apply_profile(tiny_llava, duet):
             pass
-    after_tensors, after_modules = _snapshot(tiny_llava)
+    after_tensors, after_modules = model_snapshot(tiny_llava)
     assert after_modules == before_modules
     assert before_tensors.keys() == after_tensors.keys()
     assert all(torch.equal(before_tensors[k], after_tensors[k]) for k in before_tensors)

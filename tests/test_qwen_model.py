@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import model_snapshot
 from tiny_qwen import (
     GRIDS,
     IMAGE_ID,
@@ -68,27 +69,13 @@ def test_profile_keeping_everything_is_the_stock_model(
     assert torch.equal(text, ref_text)
 
 
-def _snapshot(model: torch.nn.Module) -> tuple[dict, dict]:
-    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    modules = {
-        name: (
-            len(m._forward_pre_hooks),
-            len(m._forward_hooks),
-            len(m._forward_pre_hooks_with_kwargs),
-            sorted(vars(m).keys()),
-        )
-        for name, m in model.named_modules()
-    }
-    return tensors, modules
-
-
 @torch.no_grad()
 def test_apply_and_remove_leaves_the_model_exactly_as_it_was(
     model: Qwen2_5_VLForConditionalGeneration,
 ) -> None:
     inputs = batch_inputs([2])
     stock = modeling_qwen2_5_vl.Qwen2_5_VLModel.__dict__["get_image_features"]
-    before_tensors, before_modules = _snapshot(model)
+    before_tensors, before_modules = model_snapshot(model)
     ref = model(**inputs).logits
     with apply_profile(model, pdrop()):
         assert "get_image_features" in vars(model.model)  # timed on the instance ...
@@ -96,7 +83,7 @@ def test_apply_and_remove_leaves_the_model_exactly_as_it_was(
             modeling_qwen2_5_vl.Qwen2_5_VLModel.__dict__["get_image_features"] is stock
         )  # ... not the class
         model.generate(**batch_inputs(), **GEN)
-    after_tensors, after_modules = _snapshot(model)
+    after_tensors, after_modules = model_snapshot(model)
     assert after_modules == before_modules
     assert all(torch.equal(before_tensors[k], after_tensors[k]) for k in before_tensors)
     assert torch.equal(model(**inputs).logits, ref)

@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 import torch
-from reference import reference_hidden
+from reference import model_snapshot, reference_hidden
 from tiny_video import (
     FRAME_TOKENS,
     IMAGE_ID,
@@ -146,20 +146,6 @@ def test_vision_stage_keeping_every_token_is_the_stock_model(
     assert torch.equal(image_text, ref_image_text)
 
 
-def _snapshot(model: torch.nn.Module) -> tuple[dict, dict]:
-    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    modules = {
-        name: (
-            len(m._forward_pre_hooks),
-            len(m._forward_hooks),
-            len(m._forward_pre_hooks_with_kwargs),
-            sorted(vars(m).keys()),
-        )
-        for name, m in model.named_modules()
-    }
-    return tensors, modules
-
-
 @torch.no_grad()
 def test_apply_and_remove_leaves_the_model_exactly_as_it_was(
     model: VideoLlavaForConditionalGeneration,
@@ -167,7 +153,7 @@ def test_apply_and_remove_leaves_the_model_exactly_as_it_was(
     inputs = video_inputs(FRAME_TOKENS, STOCK_FRAMES, which=[1])
     stock = modeling_video_llava.VideoLlavaModel.__dict__
     methods = {name: stock[name] for name in ("get_image_features", "get_video_features")}
-    before_tensors, before_modules = _snapshot(model)
+    before_tensors, before_modules = model_snapshot(model)
     ref = model(**inputs).logits
     with apply_profile(model, duet_like()):
         for name, method in methods.items():
@@ -176,7 +162,7 @@ def test_apply_and_remove_leaves_the_model_exactly_as_it_was(
         model.generate(**video_inputs(48, FRAMES, which=[1]), **GEN)
         with pytest.raises(HookError, match="already applied"), apply_profile(model, duet_like()):
             pass
-    after_tensors, after_modules = _snapshot(model)
+    after_tensors, after_modules = model_snapshot(model)
     assert after_modules == before_modules
     assert all(torch.equal(before_tensors[k], after_tensors[k]) for k in before_tensors)
     assert torch.equal(model(**inputs).logits, ref)

@@ -357,7 +357,11 @@ def render_figure(
     if not rows:
         raise ValueError("nothing to draw: no profiles")
     used = Used()
-    row_imgs = [_row_image(images, r, cell, used) for r in rows]
+    return _assemble([_row_image(images, r, cell, used) for r in rows], used, header)
+
+
+def _assemble(row_imgs: Sequence[Image.Image], used: Used, header: Sequence[str]) -> Image.Image:
+    """Header lines, the profile rows stacked, and the legend of every colour the rows used."""
     width = max(max(r.width for r in row_imgs), 720)
     legend = _legend_image(used, width)
     head_h = LINE_H * len(header) + (8 if header else 0)
@@ -423,21 +427,7 @@ def render_video_figure(
     if not rows:
         raise ValueError("nothing to draw: no profiles")
     used = Used()
-    row_imgs = [_video_row_image(frames, r, cell, used) for r in rows]
-    width = max(max(r.width for r in row_imgs), 720)
-    legend = _legend_image(used, width)
-    head_h = LINE_H * len(header) + (8 if header else 0)
-    height = head_h + sum(r.height for r in row_imgs) + GAP_ROW * len(row_imgs) + legend.height
-    fig = Image.new("RGB", (width + 2 * PAD, height + 2 * PAD), BACKGROUND)
-    draw = ImageDraw.Draw(fig)
-    for k, line in enumerate(header):
-        draw.text((PAD, PAD + k * LINE_H), line, fill=INK, font=_fit_font(line, width))
-    y = PAD + head_h
-    for r in row_imgs:
-        fig.paste(r, (PAD, y))
-        y += r.height + GAP_ROW
-    fig.paste(legend, (PAD, y))
-    return fig
+    return _assemble([_video_row_image(frames, r, cell, used) for r in rows], used, header)
 
 
 def png_bytes(img: Image.Image) -> bytes:
