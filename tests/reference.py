@@ -1,6 +1,6 @@
 """Independent references for the invariant tests: a cache-free decoder, and a model snapshot.
 
-The decoder runs the stock decoder layers one by one on exactly the kept tokens of each segment of ONE unpadded
+The decoder runs the stock layers one by one on exactly the kept tokens of each segment of ONE unpadded
 sequence, with a hand-built causal mask and positions written out here (no duet code involved), and
 returns the final normed hidden states with the original column of each.
 """
