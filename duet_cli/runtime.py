@@ -17,7 +17,6 @@ from duet_cli.trace import ReductionTrace, SampleTrace, Timings, VisualSpan
 from duet_cli.video import Video
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
 
 
 @dataclass
@@ -114,7 +113,7 @@ def load_model(
         processor=processor,
         tokenizer=tokenizer,
         adapter=adapter,
-        template=card.chat_template if card else DEFAULT_TEMPLATE,
+        template=card.chat_template if card else adapter.default_template,
         dtype=torch_dtype,
         device=dev,
         untrained=bool(card and card.untrained),

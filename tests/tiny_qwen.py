@@ -139,3 +139,54 @@ def profile(name: str = "test", vision: dict | None = None, llm: dict | None = N
     if llm is not None:
         data["llm"] = {"method": "pyramiddrop", **llm}
     return parse_profile(data, where=name, default_name=name)
+
+
+# words of the questions the CLI tests ask (synth questions included); anything else is [UNK]
+_WORDS = """what color is the circle square triangle star ? . , a an of to in on left right above below
+how many shapes are there letter digit written yes no which red green blue yellow purple orange answer
+with one two three four five six word image picture describe user assistant system"""
+WORDS = _WORDS.split()
+
+
+def save_tiny_qwen(folder: str, depth: int = 8) -> str:
+    """A tiny Qwen2.5-VL saved as a hub-style folder: weights, config, and a stock `Qwen2_5_VLProcessor`
+    (Qwen2-VL image and video processors at 14 px patches with 2x2 merge, a word-level tokenizer that
+    carries Qwen's special tokens at this model's ids), so every command can load it with `-m FOLDER`."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    special = {
+        "<|vision_start|>": VISION_START_ID,
+        "<|image_pad|>": IMAGE_ID,
+        "<|video_pad|>": VIDEO_ID,
+        "<|vision_end|>": VISION_END_ID,
+        "<|im_start|>": 154,
+        "<|im_end|>": 155,
+    }
+    vocab = {"[PAD]": PAD_ID, "<s>": BOS_ID, "</s>": 2, "[UNK]": 3}
+    vocab |= {w: 10 + i for i, w in enumerate(dict.fromkeys(WORDS))} | special
+    assert max(vocab.values()) < VOCAB
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    tok.add_special_tokens(list(special))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="</s>", padding_side="left"
+    )
+    sizes = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 64}
+    geometry = {"patch_size": PATCH, "merge_size": 2, "temporal_patch_size": TEMPORAL, **sizes}
+    image_processor = Qwen2VLImageProcessor(**geometry)
+    video_processor = Qwen2VLVideoProcessor(**geometry)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor
+    )
+    model = build_tiny_qwen(depth=depth)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -39,17 +39,16 @@ def instruction_queries(
 
 
 def reduced_loss(model: Any, session: ReductionSession, batch: dict[str, torch.Tensor]) -> LossParts:
-    """Forward `batch` (input_ids, attention_mask, labels, optional pixel_values) with the profile on."""
+    """Forward `batch` (input_ids, attention_mask, labels, and the family's pixel inputs: pixel_values,
+    image_grid_thw and mm_token_type_ids on Qwen2.5-VL) with the profile on."""
     adapter = session.adapter
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     if session.llm is not None:
         image_id = adapter.image_token_id(model)
         session.llm.query_override = instruction_queries(input_ids, mask, labels, image_id)
+    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
     outputs = adapter.image_features_owner(model)(
-        input_ids=input_ids,
-        attention_mask=mask,
-        pixel_values=batch.get("pixel_values"),
-        use_cache=False,
+        input_ids=input_ids, attention_mask=mask, use_cache=False, **extra
     )
     hidden = outputs.last_hidden_state
     if session.llm is not None and session.llm.state is not None:

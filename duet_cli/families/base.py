@@ -19,6 +19,11 @@ class FamilyAdapter(Protocol):
     placeholders: tuple[str, ...]  # the prompt placeholders a question may not contain
     # position rows the decoder rotary reads: 1 (Llama) or 3 (M-RoPE: temporal, height, width)
     rope_rows: int
+    # the chat template of a model with no catalog card ("<image>" and "{question}" placeholders)
+    default_template: str
+    # a training conversation: prompt + answer_prefix + answer + eos + turn_suffix, turn after turn
+    answer_prefix: str
+    turn_suffix: str
 
     def dims(self, model: Any) -> ModelDims: ...
 
@@ -42,6 +47,10 @@ class FamilyAdapter(Protocol):
         ...
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor: ...
+
+    def projector(self, model: Any) -> nn.Module:
+        """The module between the vision features and the LLM (`duet train --train projector`)."""
+        ...
 
     # -- language side (stage 2) --
     def language_model(self, model: Any) -> nn.Module: ...

@@ -60,6 +60,8 @@ class LlavaAdapter:
     modalities: tuple[str, ...] = ("image",)
     placeholders: tuple[str, ...] = (IMAGE_PLACEHOLDER,)
     rope_rows = 1
+    default_template = "USER: <image>\n{question} ASSISTANT:"
+    answer_prefix, turn_suffix = " ", ""  # LLaVA-1.5 "v1": "... ASSISTANT: A1</s>USER: Q2 ..."
 
     def dims(self, model: Any) -> ModelDims:
         return dims_from_config(model.config)
@@ -85,6 +87,9 @@ class LlavaAdapter:
         _image_only(modality)
         layers = find(model, "vision_layers")
         return feature_layer_attention(layers, self.vision_feature_layer(model), PATHS["vision_layers"])
+
+    def projector(self, model: Any) -> nn.Module:
+        return find(model, "projector")
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         return find(model, "projector")(features)

@@ -31,6 +31,7 @@ PATHS = {
     "owner": "model",
     "tower": "model.visual",
     "vision_blocks": "model.visual.blocks",
+    "merger": "model.visual.merger",
     "lm": "model.language_model",
     "layers": "model.language_model.layers",
     "rotary": "model.language_model.rotary_emb",
@@ -46,6 +47,11 @@ class Qwen25VLAdapter:
     modalities: tuple[str, ...] = ("image",)
     placeholders: tuple[str, ...] = (IMAGE_MARK, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)
     rope_rows = 3  # M-RoPE: temporal, height and width position rows
+    default_template = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<image>{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    answer_prefix, turn_suffix = "", "\n"  # ChatML: "assistant\nA1<|im_end|>\n<|im_start|>user..."
 
     def __init__(self) -> None:
         self._lm = LlavaAdapter()  # same decoder paths and q/k/rotary arithmetic
@@ -78,6 +84,10 @@ class Qwen25VLAdapter:
         if not full:
             raise HookError("Qwen2.5-VL vision config has no full-attention block (fullatt_block_indexes)")
         return blocks[max(full)]
+
+    def projector(self, model: Any) -> nn.Module:
+        """The patch merger (2x2 patches -> one LLM token), which plays LLaVA's projector part."""
+        return _find(model, "merger")
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         raise HookError("Qwen2.5-VL merges and projects inside the vision tower (no separate projector)")

@@ -47,6 +47,8 @@ class VideoLlavaAdapter:
     modalities: tuple[str, ...] = ("image", "video")
     placeholders: tuple[str, ...] = (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)
     rope_rows = 1
+    default_template = "USER: <video>\n{question} ASSISTANT:"
+    answer_prefix, turn_suffix = " ", ""
 
     def __init__(self) -> None:
         self._lm = LlavaAdapter()  # the decoder side is the same stock Llama under the same paths
@@ -68,6 +70,9 @@ class VideoLlavaAdapter:
         """Self-attention of the layer whose output `hidden_states[feature_layer]` is, in that tower."""
         key = f"{_modality(modality)}_layers"
         return feature_layer_attention(_find(model, key), self.vision_feature_layer(model), PATHS[key])
+
+    def projector(self, model: Any) -> nn.Module:
+        return _find(model, "projector")
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         return _find(model, "projector")(features)

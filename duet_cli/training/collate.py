@@ -4,10 +4,12 @@ A conversation becomes (the LLaVA-1.5 "v1" format, with the model's own template
 
     <bos>USER: <image>x N\\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>...
 
-N = `session.tokens_per_image` (the profile's stage-1 count). The text is tokenized in one piece and
-a token is labelled iff its character span overlaps an answer (`A_k</s>`); every other token (bos,
-template, questions, image placeholders, padding) is IGNORE. Turn 1's prompt is exactly what
-`duet infer` sends for that question.
+(ChatML on Qwen2.5-VL: `...<|im_start|>assistant\\nA1<|im_end|>\\n<|im_start|>user\\nQ2...`; the
+family adapter says what goes between a prompt and its answer and after each turn.)
+N = the image's placeholder count: the profile's stage-1 count, or on Qwen2.5-VL that image's own. The
+text is tokenized in one piece and a token is labelled iff its character span overlaps an answer
+(`A_k</s>`); every other token (bos, template, questions, image placeholders, padding) is IGNORE.
+Turn 1's prompt is exactly what `duet infer` sends for that question.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ def conversation_text(
     text, spans = "", []
     for k, (question, answer) in enumerate(turns):
         prompt, _ = adapter.build_prompt(template, question, 1 if k == 0 else 0, tokens_per_image)
-        text += prompt + " "
+        text += prompt + adapter.answer_prefix
         start = len(text)
         text += answer + eos
         spans.append((start, len(text)))
+        text += adapter.turn_suffix
     return text, spans
 
 

@@ -29,7 +29,7 @@ def summary_table(report: TrainReport) -> Table:
     table.add_row("visual tokens entering the LLM", f"{report.visual_tokens_in:.2f}")
     table.add_row(
         "average visual tokens per sample",
-        f"{report.avg_visual_tokens:.2f} of {report.unreduced_visual_tokens} unreduced",
+        f"{report.avg_visual_tokens:.2f} of {report.unreduced_visual_tokens:g} unreduced",
     )
     table.add_row("final loss", "n/a" if report.final_loss is None else f"{report.final_loss:.4f}")
     table.add_row("trainable parameters", f"{report.trainable_parameters:,}")

@@ -57,7 +57,7 @@ class TrainReport:
     wall_s: float  # this invocation's training loop
     samples_per_s: float
     avg_visual_tokens: float  # per sample per decoder layer, over the whole run
-    unreduced_visual_tokens: int
+    unreduced_visual_tokens: float  # per sample (dynamic resolution: the mean over this run's samples)
     visual_tokens_in: float  # per sample, entering the LLM
     final_loss: float | None
     world_size: int
@@ -84,8 +84,11 @@ class LossModule(nn.Module):
 
 
 def set_trainable(model: Any, adapter: Any, parts: tuple[str, ...]) -> int:
-    """requires_grad by part: vision tower, language model + lm_head, projector = everything else."""
-    vision = {id(p) for p in adapter.vision_tower(model).parameters()}
+    """requires_grad by part: the adapter's projector (Qwen2.5-VL: the patch merger, although it sits
+    inside the vision tower), the rest of the vision tower, language model + lm_head; anything else
+    (none in the supported families) counts as projector."""
+    projector = {id(p) for p in adapter.projector(model).parameters()}
+    vision = {id(p) for p in adapter.vision_tower(model).parameters()} - projector
     llm = {id(p) for p in adapter.language_model(model).parameters()}
     llm |= {id(p) for p in model.get_output_embeddings().parameters()}
     count = 0
@@ -122,31 +125,69 @@ def _scheduler(optimizer: Any, cfg: TrainConfig, total: int) -> Any:
 
 
 class Batches:
-    """Micro-batches of one rank: encoded conversations, then pixels on demand."""
+    """Micro-batches of one rank: encoded conversations, then pixels on demand.
 
-    def __init__(self, plan: Plan, loaded: Any, tokens_per_image: int, device: torch.device) -> None:
-        self.source, self.loaded, self.per_image, self.device = plan.source, loaded, tokens_per_image, device
+    Fixed-geometry families (LLaVA) give every image the profile's `tokens_per_image` placeholders. A
+    dynamic-resolution family (Qwen2.5-VL) sizes each image with its processor first: the image gets its
+    own count (its merged tokens, or what stage 1 keeps of them), and the batch carries `image_grid_thw`
+    and `mm_token_type_ids` (without the latter transformers silently falls back to 1-D positions)."""
+
+    def __init__(self, plan: Plan, loaded: Any, session: Any, device: torch.device) -> None:
+        self.source, self.loaded, self.session, self.device = plan.source, loaded, session, device
+        self.dynamic = bool(session.dims.dynamic_resolution)
         self.image_id = loaded.adapter.image_token_id(loaded.model)
         tok = loaded.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self._pixels: dict[str, dict[str, torch.Tensor]] = {}  # dynamic: processed images of the step
+        self.unreduced = [0, 0]  # dynamic: (stock merged tokens, samples) seen by this rank
 
     def encoded(self, indices: list[int]) -> tuple[list[Any], list[Any]]:
         convs = [self.source[i] for i in indices]
         lm = self.loaded
-        enc = [encode(lm.tokenizer, lm.adapter, lm.template, c, self.per_image, self.image_id) for c in convs]
+        counts = [self.session.tokens_per_image] * len(convs)
+        if self.dynamic:
+            merge = int(lm.model.config.vision_config.spatial_merge_size) ** 2
+            pixels = self._process([_image(c) for c in convs])
+            grids = pixels["image_grid_thw"].tolist()
+            merged = [int(t * h * w) // merge for t, h, w in grids]
+            counts = [self.session.tokens_for_image(n) for n in merged]
+            self.unreduced = [self.unreduced[0] + sum(merged), self.unreduced[1] + len(merged)]
+            self._pixels = dict(zip((c.id for c in convs), _split_images(pixels)))
+        enc = [
+            encode(lm.tokenizer, lm.adapter, lm.template, c, n, self.image_id) for c, n in zip(convs, counts)
+        ]
         return convs, enc
 
     def batch(self, convs: list[Any], enc: list[Any]) -> dict[str, torch.Tensor]:
         batch = collate(enc, self.pad_id)
-        images = []
-        for c in convs:
-            try:
-                images.append(c.image())
-            except InputError as exc:
-                raise InputError(f"sample {c.id}: {exc}") from None
-        pixels = self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        batch["pixel_values"] = pixels.to(self.loaded.dtype)
+        if self.dynamic:
+            parts = [self._pixels.get(c.id) or self._process([_image(c)]) for c in convs]
+            batch["pixel_values"] = torch.cat([p["pixel_values"] for p in parts]).to(self.loaded.dtype)
+            batch["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in parts])
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_id).int()
+        else:
+            images = [_image(c) for c in convs]
+            pixels = self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = pixels.to(self.loaded.dtype)
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _process(self, images: list[Any]) -> dict[str, torch.Tensor]:
+        return self.loaded.adapter.pixel_inputs(self.loaded.processor, images, [])
+
+
+def _image(conv: Any) -> Any:
+    try:
+        return conv.image()
+    except InputError as exc:
+        raise InputError(f"sample {conv.id}: {exc}") from None
+
+
+def _split_images(pixels: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Qwen-style pixels (the patches of all images in one tensor, a grid row per image) split per image."""
+    grids = pixels["image_grid_thw"]
+    sizes = [int(t * h * w) for t, h, w in grids.tolist()]
+    patches = pixels["pixel_values"].split(sizes)
+    return [{"pixel_values": p, "image_grid_thw": grids[i : i + 1]} for i, p in enumerate(patches)]
 
 
 def train(cfg: TrainConfig, hooks: Hooks | None = None) -> TrainReport | None:
@@ -206,14 +247,15 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None) -> TrainReport | None:
             rng = checkpoint.load_rng(plan.resume_from, rank)
             if rng is not None:
                 checkpoint.set_rng_state(rng)
-        batches = Batches(plan, loaded, session.tokens_per_image, accelerator.device)
+        batches = Batches(plan, loaded, session, accelerator.device)
         report = _loop(
             cfg, plan, accelerator, module, optimizer, scheduler, batches, order, state, run, hooks
         )
         hooks.describe("saving model")
         full = accelerator.get_state_dict(module)
     report.trainable_parameters = trainable
-    report.unreduced_visual_tokens = session.dims.unreduced_tokens
+    total, samples = batches.unreduced
+    report.unreduced_visual_tokens = total / samples if samples else session.dims.unreduced_tokens
     if main:
         report.files["model"] = str(_save_model(loaded, full, cfg.out))
     accelerator.wait_for_everyone()
