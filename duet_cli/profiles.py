@@ -204,9 +204,14 @@ class ResolvedProfile:
     num_layers: int
 
     def tokens_per_image(self, dims: ModelDims) -> int:
-        """Visual tokens one image hands the LLM (N0 for a one-image prompt)."""
+        """Visual tokens one image hands the LLM (N0 for a one-image prompt; on a dynamic-resolution
+        model, for its reference image of `dims.unreduced_tokens` tokens)."""
         if self.vision is None:
             return dims.unreduced_tokens
+        if dims.dynamic_resolution:
+            from duet_cli.engine.stage1_qwen import reduced_count
+
+            return reduced_count(self.vision, dims.unreduced_tokens)
         return self.vision.tokens
 
     def keep_counts(self, n0: int) -> list[int]:
@@ -244,7 +249,10 @@ def resolve_profile(profile: Profile, dims: ModelDims) -> ResolvedProfile:
     vision = profile.vision
     if vision is not None and not dims.dynamic_resolution:
         # dynamic-resolution families (Qwen2.5-VL) have no fixed token count to check against: stage 1
-        # clamps its counts to each image's own tokens
+        # clamps its counts to each image's own tokens (and takes budget-relative counts per image);
+        # here every image has the encoder's token count, so relative counts become absolute ones
+        absolute = getattr(vision, "absolute", None)
+        vision = absolute(dims.vision_tokens) if absolute is not None else vision
         errors.extend(vision.check(dims))
     layers: list[int] = []
     llm = profile.llm

@@ -44,8 +44,10 @@ SHIPPED = [
     "pool-196",
     "pool-64",
     "qwen-duet-640",
+    "qwen-duet-640-rel",
     "qwen-pdrop-50",
     "qwen-visionzip-640",
+    "qwen-visionzip-640-rel",
     "random-128",
     "random-192",
     "random-64",
@@ -553,3 +555,52 @@ def test_cli_help() -> None:
     for args in (["--help"], ["list", "--help"], ["show", "--help"], ["check", "--help"]):
         result = runner.invoke(profiles_cmd.app, args)
         assert result.exit_code == 0, (args, result.output)
+
+
+# ---- budget-relative stage-1 counts ----
+
+
+def relative(dominant: float, contextual: float, **extra: object):  # type: ignore[no-untyped-def]
+    vision = {"method": "visionzip", "dominant_fraction": dominant, "contextual_fraction": contextual}
+    return parse_profile({"name": "rel", "vision": {**vision, **extra}}, where="test", default_name="rel")
+
+
+def test_relative_counts_are_floors_of_each_images_share() -> None:
+    cfg = load_profile("qwen-duet-640-rel").vision
+    assert isinstance(cfg, VisionZipConfig) and cfg.relative
+    # hand-worked: 1024*0.52734375 = 540, 1024*0.09765625 = 100; 256 -> 135 + 25; 64 -> 33.75, 6.25
+    assert cfg.counts_for(1024) == (540, 100)
+    assert cfg.counts_for(256) == (135, 25)
+    assert cfg.counts_for(64) == (33, 6)
+    assert cfg.counts_for(1) == (1, 0)  # at least one dominant token
+    assert cfg.summary() == "visionzip 52.7%+9.8% pooled w=4"
+
+
+def test_relative_profile_on_qwen_matches_the_absolute_one_at_the_reference_image() -> None:
+    rel = resolve_profile(load_profile("qwen-duet-640-rel"), qwen(28))
+    ab = resolve_profile(load_profile("qwen-duet-640"), qwen(28))
+    assert rel.tokens_per_image(qwen(28)) == ab.tokens_per_image(qwen(28)) == 640
+    assert describe(rel, qwen(28))["avg_visual_tokens"] == 440
+
+
+def test_relative_counts_become_absolute_on_a_fixed_geometry_model() -> None:
+    resolved = resolve_profile(relative(0.5, 0.125), llava(32))
+    cfg = resolved.vision
+    assert isinstance(cfg, VisionZipConfig) and not cfg.relative
+    # of the 577 tokens CLIP-L/336 emits (CLS included): floor(288.5) = 288, floor(72.125) = 72
+    assert (cfg.dominant, cfg.contextual) == (288, 72)
+    assert resolved.tokens_per_image(llava(32)) == 360
+
+
+@pytest.mark.parametrize(
+    ("vision", "message"),
+    [
+        ({"dominant": 10, "contextual_fraction": 0.1}, "not a mix"),
+        ({"dominant_fraction": 0.8, "contextual_fraction": 0.3}, "exceeds 1"),
+        ({"dominant_fraction": 0.0, "contextual_fraction": 0.3}, r"dominant_fraction: must be > 0"),
+        ({"dominant_fraction": 1.5, "contextual_fraction": 0.0}, r"must be in \[0, 1\]"),
+    ],
+)
+def test_bad_relative_counts_are_one_clear_error(vision: dict, message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        parse_profile({"name": "x", "vision": {"method": "visionzip", **vision}}, where="t", default_name="x")

@@ -119,3 +119,15 @@ def test_video_is_refused_in_one_line(loaded: LoadedModel) -> None:
     clip = Video("clip", [image(56, 56, 0)], [0], 1)
     with apply_profile(loaded.model, "baseline") as session, pytest.raises(InputError, match="images only"):
         build_inputs(loaded, session, [Prompt("what ?", [], [clip])])
+
+
+def test_budget_relative_counts_follow_each_images_size(loaded: LoadedModel) -> None:
+    vision = {"dominant_fraction": 0.5, "contextual_fraction": 0.25, "contextual_mode": "pooled"}
+    rel = profile("rel", vision=vision)
+    with apply_profile(loaded.model, rel) as session:
+        batch = run(loaded, session, PROMPTS, max_new_tokens=2)
+    first, second = batch.trace.samples
+    # 24 merged tokens -> 12 + 6; the second prompt's 16 -> 8 + 4 and 8 -> 4 + 2
+    assert [len(s.dominant) + len(s.contextual) for s in first.images] == [18]
+    assert [(len(s.dominant), len(s.contextual)) for s in second.images] == [(8, 4), (4, 2)]
+    assert (first.visual_tokens_in, second.visual_tokens_in) == (18, 18)

@@ -42,8 +42,9 @@ def clamped_counts(dominant: int, contextual: int, n: int) -> tuple[int, int]:
 
 
 def reduced_count(config: Any, n: int) -> int:
-    """Placeholders an image of n merged tokens gets under a VisionZip config."""
-    return sum(clamped_counts(config.dominant, config.contextual, n))
+    """Placeholders an image of n merged tokens gets under a VisionZip config (absolute or relative)."""
+    dominant, contextual = config.counts_for(n)
+    return sum(clamped_counts(dominant, contextual, n))
 
 
 class QwenVisionStage1:
@@ -134,7 +135,7 @@ class QwenVisionStage1:
             image_grid_thw.tolist(), merged.split(sizes), scores.split(sizes), keys.split(sizes)
         ):
             n = hid.shape[0]
-            d, c = clamped_counts(cfg.dominant, cfg.contextual, n)
+            d, c = clamped_counts(*cfg.counts_for(n), n=n)
             reduced, sel = select_and_merge(
                 hid[None],
                 sc[None],

@@ -29,12 +29,13 @@ def image_selections(
 
 def apply(inputs: Stage1Inputs, cfg: VisionZipConfig) -> tuple[torch.Tensor, list[ImageSelection]]:
     assert inputs.scores is not None and inputs.keys is not None
+    dominant, contextual = cfg.counts_for(inputs.hidden.shape[1])
     tokens, selection = select_and_merge(
         inputs.hidden,
         inputs.scores,
         inputs.keys,
-        dominant=cfg.dominant,
-        contextual=cfg.contextual,
+        dominant=dominant,
+        contextual=contextual,
         mode=cfg.contextual_mode,
         cluster_width=cfg.cluster_width or 1,  # unused by the uniform mode
         has_cls=inputs.has_cls,
