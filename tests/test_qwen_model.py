@@ -98,10 +98,12 @@ def test_unsupported_settings_fail_with_one_clear_sentence(model: Qwen2_5_VLForC
         apply_profile(model, renumber),
     ):
         pass
-    random_stage = parse_profile({"vision": {"method": "random", "count": 8}}, where="r", default_name="r")
+    pool_stage = parse_profile({"vision": {"method": "pool", "grid": 4}}, where="r", default_name="r")
     with (
-        pytest.raises(UnsupportedSetupError, match=r"'random' is not available for Qwen2\.5-VL"),
-        apply_profile(model, random_stage),
+        pytest.raises(
+            UnsupportedSetupError, match=r"'pool' is not available for Qwen2\.5-VL .*no single 3-D"
+        ),
+        apply_profile(model, pool_stage),
     ):
         pass
     assert "_duet_session" not in vars(model)

@@ -36,15 +36,12 @@ def model() -> Qwen2_5_VLForConditionalGeneration:
     return build_tiny_qwen(seed=0, depth=8)
 
 
+STAGE2 = {"at_depth": [0.5, 0.75], "keep_ratios": [0.5, 0.25], "queries": "after_image", "positions": "keep"}
+
+
 def duet_like(dominant: int = 10, contextual: int = 4, mode: str = "pooled", llm: bool = True):  # type: ignore[no-untyped-def]
     vision = {"dominant": dominant, "contextual": contextual, "contextual_mode": mode}
-    stage2 = {
-        "at_depth": [0.5, 0.75],
-        "keep_ratios": [0.5, 0.25],
-        "queries": "after_image",
-        "positions": "keep",
-    }
-    return profile("qwen-duet-like", vision=vision, llm=stage2 if llm else None)
+    return profile("qwen-duet-like", vision=vision, llm=STAGE2 if llm else None)
 
 
 def reduced_inputs(prof, which: list[int], grids=GRIDS) -> dict:  # type: ignore[no-untyped-def]
@@ -224,13 +221,19 @@ def unit_lists(images) -> list[list[int]]:  # type: ignore[no-untyped-def]
     return [list(s.dominant) + [g.target for g in s.contextual] for s in images]
 
 
+def random_like(count: int = 10):  # type: ignore[no-untyped-def]
+    """The stage-1 `random` baseline (count merge units per image) + the duet-like stage 2."""
+    return profile("qwen-random-like", vision={"method": "random", "count": count}, llm=STAGE2)
+
+
 @pytest.mark.parametrize("which", [[0, 1, 2], [2]], ids=["padded-batch", "two-images-no-padding"])
+@pytest.mark.parametrize("make", [duet_like, random_like], ids=["visionzip", "random"])
 def test_cached_greedy_equals_cache_free_reference(
-    model: Qwen2_5_VLForConditionalGeneration, which: list[int]
+    model: Qwen2_5_VLForConditionalGeneration, which: list[int], make
 ) -> None:
     """generate() under stage 1 + stage 2: every step's logits equal the recomputation, so the gathered
     3-D positions, the placeholders per image and the decode positions (rope deltas) are right."""
-    prof = duet_like()
+    prof = make()
     inputs = reduced_inputs(prof, which)
     with torch.no_grad(), apply_profile(model, prof) as session:
         out = model.generate(**inputs, **GEN, return_dict_in_generate=True, output_logits=True)
@@ -298,3 +301,27 @@ def test_qwen_duet_640_enters_with_640_and_drops_to_320_and_160(
     assert sample.ledger == [640] * 4 + [320] * 2 + [160] * 2
     assert sample.images[0].n_tokens == 672 and sample.images[0].grid == (28, 24)
     assert len(sample.images[0].dominant) == 540 and len(sample.images[0].contextual) == 100
+
+
+@torch.no_grad()
+def test_random_keeps_stock_merged_tokens_drawn_per_image(model: Qwen2_5_VLForConditionalGeneration) -> None:
+    """`random` on Qwen: min(count, N) distinct merge units per image in raster order, the stock merged
+    features at exactly those units, and the same draw for an image alone or in a batch."""
+    prof = random_like(count=10)
+    inputs = reduced_inputs(prof, [0, 1, 2])
+    stock = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+    with apply_profile(model, prof) as session:
+        got = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+        images = list(session.recorder.images)
+        session.recorder.reset()
+        alone = reduced_inputs(prof, [2])
+        model.model.get_image_features(alone["pixel_values"], alone["image_grid_thw"])
+        alone_units = unit_lists(session.recorder.images)
+    sizes = [merged_tokens(g) for i in [0, 1, 2] for g in GRIDS[i]]
+    units = unit_lists(images)
+    assert [len(u) for u in units] == [min(10, n) for n in sizes]
+    for u, n, full, reduced in zip(units, sizes, stock, got):
+        assert u == sorted(set(u)) and all(0 <= x < n for x in u)
+        torch.testing.assert_close(reduced, full[u])
+    assert alone_units == units[-2:]
+    assert units[0] != list(range(10))  # a draw, not the first units

@@ -33,6 +33,7 @@ from duet_cli.errors import HookError, UnsupportedSetupError
 from duet_cli.families.base import FamilyAdapter
 from duet_cli.methods.visionzip.apply import image_selections
 from duet_cli.methods.visionzip.select import select_and_merge
+from duet_cli.trace import ImageSelection
 
 
 def clamped_counts(dominant: int, contextual: int, n: int) -> tuple[int, int]:
@@ -42,16 +43,24 @@ def clamped_counts(dominant: int, contextual: int, n: int) -> tuple[int, int]:
 
 
 def reduced_count(config: Any, n: int) -> int:
-    """Placeholders an image of n merged tokens gets under a VisionZip config (absolute or relative)."""
+    """Placeholders an image of n merged tokens gets under a stage-1 config: VisionZip (absolute or
+    relative counts, clamped) or random (min(count, n) merge units)."""
+    if config.method == "random":
+        return min(int(config.count), n)
     dominant, contextual = config.counts_for(n)
     return sum(clamped_counts(dominant, contextual, n))
 
 
+METHODS = ("visionzip", "random")
+
+
 class QwenVisionStage1:
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, config: Any, recorder: Recorder) -> None:
-        if config.method != "visionzip":
+        if config.method not in METHODS:
+            why = " (a pooled token covers several merge units and has no single 3-D M-RoPE position)"
             raise UnsupportedSetupError(
-                f"vision.method: {config.method!r} is not available for Qwen2.5-VL (only visionzip)"
+                f"vision.method: {config.method!r} is not available for Qwen2.5-VL (visionzip or random)"
+                + (why if config.method == "pool" else "")
             )
         self.model, self.adapter, self.config, self.recorder = model, adapter, config, recorder
         self.owner: Any = adapter.image_features_owner(model)
@@ -109,6 +118,10 @@ class QwenVisionStage1:
             raise HookError("stage 1 on Qwen2.5-VL needs image_grid_thw")
         watch = Stopwatch(pixel_values.device)
         watch.start()
+        if self.config.method == "random":
+            out, chosen = self._random(pixel_values, image_grid_thw)
+            self.recorder.vision_s += watch.stop()
+            return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=chosen)
         self._armed, self._captured = True, None
         try:
             out = self.tower(pixel_values.type(self.tower.dtype), grid_thw=image_grid_thw)
@@ -152,6 +165,31 @@ class QwenVisionStage1:
             self.recorder.images.extend(image_selections(sel, n, grid, has_cls=False))
         self.recorder.vision_s += watch.stop()
         return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=features)
+
+    def _random(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> tuple[Any, Any]:  # (tower output, one tensor per image, as the stock pooler_output list)
+        """The stage-1 `random` baseline per image: min(count, N) merge units drawn uniformly, seeded by
+        the profile's seed and the image's own patches (the same alone or in any batch), in raster order."""
+        from duet_cli.methods.random_patches.apply import image_seed
+
+        out = self.tower(pixel_values.type(self.tower.dtype), grid_thw=image_grid_thw)
+        unit = self.merge * self.merge
+        patches = image_grid_thw.prod(-1).tolist()
+        sizes = [p // unit for p in patches]
+        features: list[torch.Tensor] = []
+        self.selected = []
+        for (t, h, w), hid, px in zip(
+            image_grid_thw.tolist(), out.pooler_output.split(sizes), pixel_values.split(patches)
+        ):
+            n = hid.shape[0]
+            gen = torch.Generator().manual_seed(image_seed(self.config.seed, px))
+            keep = torch.randperm(n, generator=gen)[: reduced_count(self.config, n)].sort().values
+            features.append(hid[keep.to(hid.device)])
+            self.selected.append(((t, h, w), keep.tolist()))
+            grid = (t * h // self.merge, w // self.merge)
+            self.recorder.images.append(ImageSelection(n, grid, False, keep.tolist(), [], method="random"))
+        return out, features
 
     # -- positions --------------------------------------------------------------------------------
     def _capture_inputs(self, module: Any, args: tuple, kwargs: dict) -> None:
