@@ -1,53 +1,35 @@
-"""FLOP and KV-cache arithmetic for a LLaVA-style VLM from its architecture numbers (no torch, no weights).
+"""FLOP and KV-cache arithmetic for a VLM from its architecture numbers (no torch, no weights).
 
 Two conventions, side by side:
 - **paper**: the per-layer formula of FastV / VisionZip / PyramidDrop, `4nd^2 + 2n^2d + 2ndm` with n the
   tokens in that layer, d the hidden size and m the FFN size (it counts multiply-adds of a standard
-  MHA block with a two-matrix FFN and full, non-causal attention; no lm_head, no projector);
+  MHA block with a two-matrix FFN and full, non-causal attention; no lm_head, no projector). In a vision
+  tower n is the tokens that attend together, summed over those groups: CLIP, the 577 tokens of an
+  image in every layer; Qwen2.5-VL, one window's patches in the windowed blocks and the whole image's
+  patches in the full-attention blocks (linear terms add up to all patches; no merger);
 - **actual**: 2 FLOPs per multiply-add of every matrix product that runs: q/k/v/o with grouped-query
   sizes, the three SwiGLU matrices, attention scores and the weighted sum counted *causally* in the LLM
-  prefill (query i attends to i keys) and fully in the bidirectional vision encoder, the lm_head on the
-  last token only (`generate` keeps one logit row at prefill), the CLIP patch embedding, all encoder
-  layers (the stock tower runs every layer, including the one after the feature layer) and the projector.
-  Norms, rotary, softmax, activations and residual adds are elementwise and left out.
+  prefill (query i attends to i keys) and fully in the bidirectional vision encoder (per window where
+  Qwen2.5-VL attends in windows), the lm_head on the last token only (`generate` keeps one logit row at
+  prefill), the patch embedding, all encoder layers (the stock tower runs every layer, including the one
+  after LLaVA's feature layer) and the projector (Qwen2.5-VL: the patch merger); see
+  `duet_cli.flops_vision` for each tower. Norms, rotary, softmax, activations and residual adds are
+  elementwise and left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-
-@dataclass(frozen=True)
-class VisionArch:
-    """A CLIP-style vision encoder: standard MHA, two-matrix MLP, one CLS token."""
-
-    image_size: int
-    patch_size: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    channels: int = 3
-
-    @property
-    def patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def tokens(self) -> int:
-        """Tokens per image inside the encoder (patches + CLS; 577 for CLIP-L/336)."""
-        return self.patches + 1
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+from duet_cli.errors import ModelNotFoundError
+from duet_cli.flops_vision import Grid, QwenVisionArch, VisionArch, VisionTower
 
 
 @dataclass(frozen=True)
 class TextArch:
-    """A Llama-style decoder: grouped-query attention, SwiGLU MLP."""
+    """A Llama-style decoder: grouped-query attention, SwiGLU MLP (Qwen2's decoder too)."""
 
     hidden: int
     intermediate: int
@@ -58,26 +40,43 @@ class TextArch:
     vocab: int
 
 
+# the vision tower of each family (card `family` / config `model_type`)
+CARD_TOWERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], VisionTower]] = {
+    "llava": VisionArch.from_card,
+    "video_llava": VisionArch.from_card,
+    "qwen2_5_vl": QwenVisionArch.from_card,
+}
+CONFIG_TOWERS: dict[str, Callable[[Any], VisionTower]] = {
+    "llava": VisionArch.from_config,
+    "video_llava": VisionArch.from_config,
+    "qwen2_5_vl": QwenVisionArch.from_config,
+}
+
+
+_Builder = TypeVar("_Builder")
+
+
+def _tower(table: Mapping[str, _Builder], family: str) -> _Builder:
+    if family not in table:
+        raise ModelNotFoundError(
+            f"no FLOP arithmetic for model family {family!r} (known: {', '.join(sorted(table))})"
+        )
+    return table[family]
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """Vision encoder + two-layer MLP projector (vision.hidden -> text.hidden -> text.hidden) + decoder."""
+    """Vision tower (with its projector or merger) + decoder."""
 
-    vision: VisionArch
+    vision: VisionTower
     text: TextArch
 
     @classmethod
-    def from_card(cls, arch: Mapping[str, Any]) -> Architecture:
-        """From a catalog card's `architecture` mapping (see models/*.yaml)."""
+    def from_card(cls, arch: Mapping[str, Any], family: str) -> Architecture:
+        """From a catalog card's `architecture` mapping and `family` (see models/*.yaml)."""
         v, t = arch["vision"], arch["text"]
         return cls(
-            vision=VisionArch(
-                image_size=int(v["image_size"]),
-                patch_size=int(v["patch_size"]),
-                hidden=int(v["hidden_size"]),
-                intermediate=int(v["intermediate_size"]),
-                layers=int(v["num_layers"]),
-                heads=int(v["num_heads"]),
-            ),
+            vision=_tower(CARD_TOWERS, family)(v, t),
             text=TextArch(
                 hidden=int(t["hidden_size"]),
                 intermediate=int(t["intermediate_size"]),
@@ -91,20 +90,12 @@ class Architecture:
 
     @classmethod
     def from_config(cls, config: Any) -> Architecture:
-        """From a transformers LLaVA config object (attributes only; nothing is imported or built)."""
+        """From a transformers config object (attributes only; nothing is imported or built)."""
         vc, tc = config.vision_config, config.text_config
         heads = int(tc.num_attention_heads)
-        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads  # Qwen2's text config has none
         return cls(
-            vision=VisionArch(
-                image_size=int(vc.image_size),
-                patch_size=int(vc.patch_size),
-                hidden=int(vc.hidden_size),
-                intermediate=int(vc.intermediate_size),
-                layers=int(vc.num_hidden_layers),
-                heads=int(vc.num_attention_heads),
-                channels=int(getattr(vc, "num_channels", 3)),
-            ),
+            vision=_tower(CONFIG_TOWERS, str(config.model_type))(vc),
             text=TextArch(
                 hidden=int(tc.hidden_size),
                 intermediate=int(tc.intermediate_size),
@@ -151,40 +142,8 @@ def paper_decode_layer_flops(cache_len: int, d: int, m: int) -> int:
     return 4 * d * d + 2 * (cache_len + 1) * d + 2 * d * m
 
 
-def vision_layer_flops(v: VisionArch, n: int) -> int:
-    """Actual FLOPs of one CLIP encoder layer over n tokens (bidirectional attention)."""
-    projections = 2 * n * v.hidden * v.hidden * 4  # q, k, v, o
-    mlp = 2 * 2 * n * v.hidden * v.intermediate
-    attention = 2 * 2 * n * n * v.hidden
-    return projections + mlp + attention
-
-
-def patch_embed_flops(v: VisionArch) -> int:
-    """The patch-embedding convolution: one (channels * p * p) x hidden product per patch."""
-    return 2 * v.patches * v.channels * v.patch_size * v.patch_size * v.hidden
-
-
-def projector_flops(a: Architecture, tokens: int) -> int:
-    """The LLaVA two-layer MLP projector on `tokens` visual tokens."""
-    return 2 * tokens * (a.vision.hidden * a.text.hidden + a.text.hidden * a.text.hidden)
-
-
 def lm_head_flops(t: TextArch, rows: int = 1) -> int:
     return 2 * rows * t.hidden * t.vocab
-
-
-def stage1_scoring_flops(
-    v: VisionArch, *, dominant: int, contextual: int, mode: str, cluster_width: int = 1
-) -> int:
-    """What stage 1 adds per image: the CLS query row and all keys recomputed from q_proj/k_proj, the
-    CLS-to-token scores, and the key similarity of each merge candidate to the contextual targets."""
-    n = v.tokens
-    scoring = 2 * v.hidden * v.hidden + 2 * n * v.hidden * v.hidden + 2 * n * v.hidden
-    remaining = n - dominant
-    pool = remaining if mode == "uniform" else min(max(1, cluster_width * contextual), remaining)
-    candidates = max(0, pool - contextual)
-    merging = 2 * candidates * contextual * v.head_dim  # keys averaged over heads: head_dim wide
-    return scoring + merging
 
 
 def stage2_ranking_flops(t: TextArch, *, tokens: int, query_rows: int) -> int:
@@ -211,8 +170,8 @@ class FlopPair:
 
 @dataclass(frozen=True)
 class VisionFlops:
-    paper: int  # the formula with CLIP dims, n = encoder tokens, over all encoder layers
-    actual: int  # patch embedding + every encoder layer + projector + stage-1 scoring
+    paper: int  # the formula with the tower's dims over every layer's attention spans
+    actual: int  # patch embedding + every encoder layer + projector (Qwen: merger) + stage-1 scoring
     patch_embed: int
     encoder: int
     projector: int
@@ -237,18 +196,27 @@ class KvCache:
 
 
 def vision_flops(
-    a: Architecture, *, images: int, tokens_to_llm_per_image: int, scoring_per_image: int = 0
+    a: Architecture,
+    *,
+    images: int,
+    tokens_to_llm_per_image: int,
+    scoring_per_image: int = 0,
+    grid: Grid | None = None,
 ) -> VisionFlops:
-    """The encoder runs on every token of every image (stage 1 does not shorten it); only the projector
-    sees the reduced count. `scoring_per_image` is `stage1_scoring_flops` when stage 1 is on."""
+    """`images` images of one patch `grid` (default: the tower's reference grid) through the tower. The
+    encoder runs on every token (stage 1 does not shorten it); LLaVA's projector sees the reduced count,
+    Qwen's merger every merge unit. `scoring_per_image` is the tower's `stage1_scoring_flops` when
+    VisionZip is on. Paper: the formula summed over each layer's attention spans (see the module doc)."""
     v = a.vision
-    paper = images * v.layers * paper_layer_flops(v.tokens, v.hidden, v.intermediate)
-    patch = images * patch_embed_flops(v)
-    encoder = images * v.layers * vision_layer_flops(v, v.tokens)
-    projector = images * projector_flops(a, tokens_to_llm_per_image)
-    scoring = images * scoring_per_image
+    g = grid if grid is not None else v.reference_grid()
+    tower = v.tower_flops(g, tokens_to_llm=tokens_to_llm_per_image, llm_hidden=a.text.hidden)
+    per_image_paper = sum(
+        paper_layer_flops(n, v.hidden, v.intermediate) for spans in v.attention_spans(g) for n in spans
+    )
+    patch, encoder = images * tower.patch_embed, images * tower.encoder
+    projector, scoring = images * tower.projector, images * scoring_per_image
     return VisionFlops(
-        paper=paper,
+        paper=images * per_image_paper,
         actual=patch + encoder + projector + scoring,
         patch_embed=patch,
         encoder=encoder,

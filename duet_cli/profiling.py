@@ -2,7 +2,9 @@
 architecture numbers and the token ledger), and measured vision / prefill / decode times and peak memory.
 
 `analyze` is pure arithmetic (see duet_cli/flops.py); `profile_config_only` needs no weights and no torch;
-`profile_measured` loads the model once and runs every profile on it.
+`profile_measured` loads the model once and runs every profile on it. Dynamic-resolution families
+(Qwen2.5-VL): the vision arithmetic is for the image's own patch grid, which the image processor gives
+in a measured run; config-only uses the reference image of duet_cli.dims.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from duet_cli.dims import ModelDims
-from duet_cli.errors import UsageError
+from duet_cli.errors import HookError, UsageError
 from duet_cli.flops import (
     Architecture,
     FlopPair,
@@ -24,11 +26,11 @@ from duet_cli.flops import (
     decode_step_flops,
     kv_cache_bytes,
     prefill_flops,
-    stage1_scoring_flops,
     stage2_ranking_flops,
     tokens_per_layer,
     vision_flops,
 )
+from duet_cli.flops_vision import Grid
 from duet_cli.profiles import ResolvedProfile
 
 DEFAULT_QUESTION = "What shapes are in this image, and what colors are they?"
@@ -82,26 +84,33 @@ def analyze(
     batch: int = 1,
     ledger: Sequence[int] | None = None,
     frames: int = 0,
+    grid: Grid | None = None,
+    unreduced: int | None = None,
 ) -> Analysis:
     """FLOPs and KV bytes of `resolved`; `ledger` defaults to the profile's arithmetic for one image, or
-    for a clip of `frames` frames (video families: every frame goes through the tower and stage 1)."""
+    for a clip of `frames` frames (video families: every frame goes through the tower and stage 1).
+    `grid` is the image's patch grid (default: the tower's reference grid) and `unreduced` what the stock
+    model feeds the LLM for it (default: the dims' count); a measured run passes both for its image."""
     if frames:
         vision_cfg = resolved.vision
         per_unit = vision_cfg.tokens if vision_cfg is not None else dims.unreduced_frame_tokens
-        unreduced = frames * dims.unreduced_frame_tokens
+        stock = frames * dims.unreduced_frame_tokens
     else:
-        per_unit, unreduced = resolved.tokens_per_image(dims), dims.unreduced_tokens
+        per_unit, stock = resolved.tokens_per_image(dims), dims.unreduced_tokens
     units = frames or 1
     visual = list(ledger) if ledger is not None else resolved.ledger(per_unit * units)
     n0 = visual[0]
+    image_grid = grid if grid is not None else arch.vision.reference_grid()
     scoring = 0
     cfg: Any = resolved.vision
     # VisionZip scores with the encoder's own q/k; other stage-1 methods (pooling, random) add no products
     if cfg is not None and getattr(cfg, "method", None) == "visionzip":
-        scoring = stage1_scoring_flops(
-            arch.vision,
-            dominant=cfg.dominant,
-            contextual=cfg.contextual,
+        # counts asked of this image (budget-relative ones are shares of its tokens); the tower clamps them
+        dominant, contextual = cfg.counts_for(arch.vision.stage1_tokens(image_grid))
+        scoring = arch.vision.stage1_scoring_flops(
+            image_grid,
+            dominant=dominant,
+            contextual=contextual,
             mode=str(getattr(cfg, "contextual_mode", "uniform")),
             cluster_width=int(getattr(cfg, "cluster_width", None) or 1),
         )
@@ -115,12 +124,16 @@ def analyze(
         profile=resolved.name,
         hash=resolved.hash,
         tokens_in=n0,
-        unreduced=unreduced,
+        unreduced=stock if unreduced is None else unreduced,
         ledger=visual,
         text_tokens=text_tokens,
         batch=batch,
         vision=vision_flops(
-            arch, images=units, tokens_to_llm_per_image=n0 // units, scoring_per_image=scoring
+            arch,
+            images=units,
+            tokens_to_llm_per_image=n0 // units,
+            scoring_per_image=scoring,
+            grid=image_grid,
         ),
         prefill=prefill_flops(arch.text, visual, text_tokens, ranking=ranking),
         decode=decode_step_flops(arch.text, per_layer),
@@ -161,6 +174,8 @@ class ProfileReport:
     device: str | None = None
     dtype: str | None = None
     frames: int = 0  # video families (--config-only): the arithmetic is for one clip of this many frames
+    image_grid: Grid | None = None  # (t, h, w) patches of the vision arithmetic's image (or frame)
+    image_grid_source: str = "fixed"  # "fixed" (the tower's one grid) | "reference" | "image" (its own)
     process_max_rss_bytes: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -186,10 +201,11 @@ def _arch_for(spec: str) -> Architecture:
     from duet_cli.errors import ModelNotFoundError
 
     if spec in {c.name for c in list_cards()}:
-        return Architecture.from_card(get_card(spec).architecture)
+        card = get_card(spec)
+        return Architecture.from_card(card.architecture, card.family)
     resolved = resolve_model(spec)
     if resolved.card is not None:
-        return Architecture.from_card(resolved.card.architecture)
+        return Architecture.from_card(resolved.card.architecture, resolved.card.family)
     from transformers import AutoConfig
 
     try:
@@ -246,6 +262,8 @@ def profile_config_only(
         bytes_per_element=bpe,
         num_layers=dims.num_layers,
         frames=frames,
+        image_grid=arch.vision.reference_grid(),
+        image_grid_source="reference" if dims.dynamic_resolution else "fixed",
     )
 
 
@@ -257,6 +275,14 @@ def _text_tokens(loaded: Any, question: str) -> tuple[int, int]:
     if image_id not in ids:
         raise UsageError("the chat template has no image placeholder")
     return len(ids) - 1, len(ids) - 1 - ids.index(image_id)
+
+
+def _image_grid(loaded: Any, image: Any) -> Grid:
+    """The (t, h, w) patch grid the image processor gives `image`, as the run feeds it to the tower
+    (dynamic-resolution families; the profile runs use the processor's default pixel range)."""
+    thw = loaded.adapter.pixel_inputs(loaded.processor, [image], [])["image_grid_thw"]
+    t, h, w = (int(x) for x in thw[0].tolist())
+    return (t, h, w)
 
 
 def _max_rss_bytes() -> int | None:
@@ -293,7 +319,7 @@ def profile_measured(
     from duet_cli.engine.session import apply_profile
     from duet_cli.jsonio import provenance
     from duet_cli.media import load_image
-    from duet_cli.profiles import load_profile
+    from duet_cli.profiles import load_profile, resolve_profile
     from duet_cli.runtime import Prompt, check_question, load_model, run
 
     if repeats < 1 or warmup < 0 or batch < 1 or max_new_tokens < 1:
@@ -301,12 +327,12 @@ def profile_measured(
     check_question(question)
     pil = load_image(image)
     names = with_baseline(profiles)
-    for n in names:
-        load_profile(n)  # a typo fails before the model loads
+    chosen = [load_profile(n) for n in names]  # a typo fails before the model loads
     loaded = load_model(model, dtype=dtype, device=device)
     dims = loaded.adapter.dims(loaded.model)
-    resolved = resolve_all(names, dims)
+    resolved = [resolve_profile(p, dims) for p in chosen]
     arch = Architecture.from_config(loaded.model.config)
+    grid = _image_grid(loaded, pil) if dims.dynamic_resolution else arch.vision.reference_grid()
     n_text, after_image = _text_tokens(loaded, question)
     bpe = torch.empty((), dtype=loaded.dtype).element_size()
     prompts = [Prompt(question, [pil]) for _ in range(batch)]
@@ -317,6 +343,7 @@ def profile_measured(
     for r in resolved:
         measured = Measured([], [], [], None)
         ledger: list[int] | None = None
+        unreduced: int | None = None
         with apply_profile(loaded.model, r) as session:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(loaded.device)
@@ -336,10 +363,16 @@ def profile_measured(
                     if t.decode_steps:
                         measured.decode_ms_per_token.append(t.decode_s * 1000.0 / t.decode_steps)
                     ledger = list(result.trace.samples[0].ledger)
+                    unreduced = result.trace.samples[0].unreduced_visual_tokens
                 if on_step is not None:
                     on_step(r.name)
             if cuda:
                 measured.peak_memory_bytes = int(torch.cuda.max_memory_allocated(loaded.device))
+        if dims.dynamic_resolution and unreduced != arch.vision.stage1_tokens(grid):
+            raise HookError(  # the arithmetic's grid must be the one the run fed the tower
+                f"the run fed {unreduced} image tokens to the LLM, but the image grid {grid} has "
+                f"{arch.vision.stage1_tokens(grid)}"
+            )
         analysis = analyze(
             arch,
             r,
@@ -349,13 +382,15 @@ def profile_measured(
             bytes_per_element=bpe,
             batch=batch,
             ledger=ledger,
+            grid=grid,
+            unreduced=unreduced,
         )
         rows.append(ProfileRow(analysis, measured))
     dtype_name = str(loaded.dtype).removeprefix("torch.")
     prov = provenance(
         profile_name=",".join(names),
         profile_hash=",".join(r.hash for r in resolved),
-        profile={r.name: load_profile(r.name).to_dict() for r in resolved},
+        profile={p.name: p.to_dict() for p in chosen},  # names, not paths: YAML files are profiles too
         model=loaded.name,
         dtype=dtype_name,
         device=str(loaded.device),
@@ -378,6 +413,8 @@ def profile_measured(
         question=question,
         device=str(loaded.device),
         dtype=dtype_name,
+        image_grid=grid,
+        image_grid_source="image" if dims.dynamic_resolution else "fixed",
         process_max_rss_bytes=None if cuda else _max_rss_bytes(),
         provenance=prov,
     )
@@ -400,6 +437,13 @@ def _spread(xs: list[float]) -> dict[str, Any] | None:
 
 def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 3) if den else None
+
+
+def _grid_numbers(report: ProfileReport) -> dict[str, Any] | None:
+    if report.image_grid is None:
+        return None
+    t, h, w = report.image_grid
+    return {"t": t, "h": h, "w": w, "source": report.image_grid_source}
 
 
 def report_numbers(report: ProfileReport) -> dict[str, Any]:
@@ -449,6 +493,7 @@ def report_numbers(report: ProfileReport) -> dict[str, Any]:
         "text_tokens": report.text_tokens,
         "text_tokens_source": report.text_tokens_source,
         "frames": report.frames,
+        "image_grid": _grid_numbers(report),
         "kv_bytes_per_element": report.bytes_per_element,
         "attention_counted": "causal",
         "repeats": report.repeats,

@@ -36,6 +36,15 @@ def fmt_memory(n_bytes: int | None) -> str:
     return "n/a" if n_bytes is None else f"{n_bytes / 2**20:,.0f} MiB"
 
 
+def grid_note(grid: dict[str, Any] | None) -> str:
+    """', reference image 64x64 patches' where every image has its own grid (nothing for fixed grids)."""
+    if grid is None or grid["source"] == "fixed":
+        return ""
+    frames = f"{grid['t']}x" if grid["t"] != 1 else ""
+    what = "reference image" if grid["source"] == "reference" else "image"
+    return f", {what} {frames}{grid['h']}x{grid['w']} patches"
+
+
 def _batch_note(numbers: dict[str, Any]) -> str:
     b = numbers["batch_size"]
     return "one prompt" if b == 1 else f"a batch of {b} prompts"
@@ -53,7 +62,7 @@ def flops_table(numbers: dict[str, Any]) -> Table:
     table = _table(
         f"{numbers['model']}: GFLOPs for {_batch_note(numbers)}",
         "paper = Σ 4nd²+2n²d+2ndm over layers; actual = 2 x multiply-adds of every matrix product "
-        "(GQA, SwiGLU, causal attention, lm_head, projector, reduction overhead); "
+        "(GQA, SwiGLU, causal attention, lm_head, projector or patch merger, reduction overhead); "
         "bound = baseline / profile prefill FLOPs (actual)",
         [
             "profile",
@@ -83,7 +92,8 @@ def tokens_table(numbers: dict[str, Any]) -> Table:
     base_kv = numbers["rows"][0]["kv_cache_bytes"]
     clip = f", one clip of {numbers['frames']} frames" if numbers.get("frames") else ""
     table = _table(
-        f"visual tokens and KV cache ({numbers['text_tokens']} text tokens per prompt, {src}{clip})",
+        f"visual tokens and KV cache ({numbers['text_tokens']} text tokens per prompt, {src}{clip}"
+        f"{grid_note(numbers.get('image_grid'))})",
         f"KV cache after prefill, every layer holding what it saw, {numbers['kv_bytes_per_element']} "
         "bytes per element",
         ["profile", "tokens in", "of unreduced", "avg visual", "KV cache MiB", "vs baseline"],
