@@ -209,7 +209,7 @@ class ResolvedProfile:
         if self.vision is None:
             return dims.unreduced_tokens
         if dims.dynamic_resolution:
-            from duet_cli.engine.stage1_qwen import reduced_count
+            from duet_cli.engine.stage1_counts import reduced_count
 
             return reduced_count(self.vision, dims.unreduced_tokens)
         return self.vision.tokens

@@ -24,7 +24,7 @@ from transformers.vision_utils import get_vision_window_index
 
 from duet_cli.engine.qwen_vision_scores import per_unit_raster, received_attention
 from duet_cli.engine.session import apply_profile
-from duet_cli.engine.stage1_qwen import clamped_counts, reduced_count
+from duet_cli.engine.stage1_counts import clamped_counts, reduced_count
 from duet_cli.profiles import load_profile
 
 GEN = {"max_new_tokens": 4, "do_sample": False}

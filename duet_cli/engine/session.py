@@ -17,7 +17,8 @@ from torch import nn
 from duet_cli.engine.recorder import LanguageModelTimer, Recorder
 from duet_cli.engine.setup_checks import check_model_setup
 from duet_cli.engine.stage1 import VisionStage1, VisionTimer
-from duet_cli.engine.stage1_qwen import QwenVisionStage1, reduced_count
+from duet_cli.engine.stage1_counts import reduced_count
+from duet_cli.engine.stage1_qwen import QwenVisionStage1
 from duet_cli.engine.stage2 import PyramidDropStage
 from duet_cli.errors import HookError
 from duet_cli.families import get_adapter

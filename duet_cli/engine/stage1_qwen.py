@@ -29,27 +29,12 @@ from transformers.vision_utils import get_vision_window_index
 
 from duet_cli.engine.qwen_vision_scores import per_unit_raster, received_attention
 from duet_cli.engine.recorder import Recorder, Stopwatch
+from duet_cli.engine.stage1_counts import clamped_counts, reduced_count
 from duet_cli.errors import HookError, UnsupportedSetupError
 from duet_cli.families.base import FamilyAdapter
 from duet_cli.methods.visionzip.apply import image_selections
 from duet_cli.methods.visionzip.select import select_and_merge
 from duet_cli.trace import ImageSelection
-
-
-def clamped_counts(dominant: int, contextual: int, n: int) -> tuple[int, int]:
-    """(d, c) for an image of n merged tokens: d = min(dominant, n - 1), c = min(contextual, n - d)."""
-    d = max(0, min(dominant, n - 1))
-    return d, max(0, min(contextual, n - d))
-
-
-def reduced_count(config: Any, n: int) -> int:
-    """Placeholders an image of n merged tokens gets under a stage-1 config: VisionZip (absolute or
-    relative counts, clamped) or random (min(count, n) merge units)."""
-    if config.method == "random":
-        return min(int(config.count), n)
-    dominant, contextual = config.counts_for(n)
-    return sum(clamped_counts(dominant, contextual, n))
-
 
 METHODS = ("visionzip", "random")
 
