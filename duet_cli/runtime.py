@@ -130,82 +130,15 @@ def check_question(question: str, placeholder: str = "<image>") -> None:
         raise InputError(f"the question may not contain the image placeholder {placeholder}")
 
 
-def _build_dynamic_inputs(
-    loaded: LoadedModel, session: ReductionSession, prompts: Sequence[Prompt]
-) -> dict[str, Any]:
-    """Dynamic-resolution families (Qwen2.5-VL): the processor sizes every image (within
-    `loaded.pixel_range`), each image gets its own placeholder count (its merged tokens, or what stage 1
-    emits for them), and `mm_token_type_ids` always goes with the ids (without it transformers silently
-    falls back to 1-D positions)."""
-    from duet_cli.methods.pyramiddrop.salient import salient_spans, salient_token_mask
-
-    adapter = loaded.adapter
-    for p in prompts:
-        for placeholder in adapter.placeholders:
-            check_question(p.question, placeholder)
-        if p.videos:
-            raise InputError(f"model {loaded.name} takes images only in duet (video is not supported yet)")
-    images = [img for p in prompts for img in p.images]
-    pixels: dict[str, Any] = {}
-    if images:
-        image_processor = loaded.processor.image_processor
-        min_pixels, max_pixels = loaded.pixel_range
-        extra: dict[str, Any] = {}
-        if min_pixels is not None or max_pixels is not None:  # the processor wants both bounds at once
-            default = image_processor.size
-            lo = min_pixels if min_pixels is not None else default["shortest_edge"]
-            hi = max_pixels if max_pixels is not None else default["longest_edge"]
-            if lo > hi:
-                raise UsageError(f"--min-pixels {lo} is larger than --max-pixels {hi}")
-            extra["size"] = {"shortest_edge": lo, "longest_edge": hi}
-        encoded = image_processor(images, return_tensors="pt", **extra)
-        pixels = {"pixel_values": encoded["pixel_values"], "image_grid_thw": encoded["image_grid_thw"]}
-    merge = int(loaded.model.config.vision_config.spatial_merge_size)
-    merged = (
-        [int(t * h * w) // (merge * merge) for t, h, w in pixels["image_grid_thw"].tolist()] if images else []
-    )
-    session.image_tokens = merged
-    texts, starts, cursor = [], [], 0
-    for p in prompts:
-        counts = [session.tokens_for_image(n) for n in merged[cursor : cursor + len(p.images)]]
-        cursor += len(p.images)
-        text, start = adapter.build_prompt_counts(loaded.template, p.question, counts)  # type: ignore[attr-defined]
-        texts.append(text)
-        starts.append(start)
-    salient = session.llm is not None and session.resolved.queries == "salient"
-    enc = loaded.tokenizer(texts, padding=True, return_tensors="pt", return_offsets_mapping=salient)
-    ids = enc["input_ids"]
-    image_id = adapter.image_token_id(loaded.model)
-    expected = sum(session.tokens_for_image(n) for n in merged)
-    if int((ids == image_id).sum()) != expected:
-        raise InputError(
-            f"prompts have {int((ids == image_id).sum())} image placeholders, expected {expected}"
-        )
-    inputs: dict[str, Any] = {
-        "input_ids": ids,
-        "attention_mask": enc["attention_mask"],
-        "mm_token_type_ids": (ids == image_id).int(),
-    }
-    if images:
-        inputs["pixel_values"] = pixels["pixel_values"].to(loaded.dtype)
-        inputs["image_grid_thw"] = pixels["image_grid_thw"]
-    if salient:
-        rows = [
-            salient_token_mask([tuple(o) for o in offsets], salient_spans(p.question), base=start)
-            for offsets, p, start in zip(enc["offset_mapping"].tolist(), prompts, starts)
-        ]
-        assert session.llm is not None
-        session.llm.query_override = torch.tensor(rows, dtype=torch.bool)
-    return {k: v.to(loaded.device) for k, v in inputs.items()}
-
-
 def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequence[Prompt]) -> dict[str, Any]:
     """Tokenized, left-padded prompts with `tokens_per_image` placeholders per image (and
     `tokens_per_frame` per video frame), plus pixels."""
     from duet_cli.methods.pyramiddrop.salient import salient_spans, salient_token_mask
 
     if session.dims.dynamic_resolution:
-        return _build_dynamic_inputs(loaded, session, prompts)
+        from duet_cli.dynamic_inputs import build_dynamic_inputs
+
+        return build_dynamic_inputs(loaded, session, prompts)
 
     adapter = loaded.adapter
     per_image, per_frame = session.tokens_per_image, session.tokens_per_frame
@@ -273,7 +206,7 @@ def assemble_trace(
     num_layers = dims.num_layers
     starts = [0, *resolved.llm_layers]
     samples: list[SampleTrace] = []
-    image_cursor = frame_cursor = 0
+    image_cursor = frame_cursor = video_cursor = 0
     per_image, per_frame = session.tokens_per_image, session.tokens_per_frame
     for i, p in enumerate(prompts):
         n_img, n_frames = len(p.images), p.n_frames
@@ -283,15 +216,31 @@ def assemble_trace(
         frame_cursor += n_frames
         n0 = per_image * n_img + per_frame * n_frames
         unreduced = dims.unreduced_tokens * n_img + dims.unreduced_frame_tokens * n_frames
-        if dims.dynamic_resolution and session.image_tokens:  # every image has its own count
+        spans = visual_spans(p, per_image, per_frame) if p.videos else []
+        grids: list[tuple[int, int]] = []
+        if dims.dynamic_resolution:  # every image and every video has its own count
             own = session.image_tokens[image_cursor - n_img : image_cursor]
-            unreduced, n0 = sum(own), sum(session.tokens_for_image(n) for n in own)
+            clips = session.video_slices[video_cursor : video_cursor + len(p.videos)]
+            video_cursor += len(p.videos)
+            per_slice = [session.tokens_for_image(n) for _, n in clips]
+            unreduced = sum(own) + sum(t * n for t, n in clips)
+            n0 = sum(session.tokens_for_image(n) for n in own) + sum(
+                t * k for (t, _), k in zip(clips, per_slice)
+            )
+            if p.videos:
+                from duet_cli.dynamic_inputs import dynamic_spans
+
+                spans = dynamic_spans(p, [session.tokens_for_image(n) for n in own], clips, per_slice)
+            clip_grids = session.video_grids[video_cursor - len(p.videos) : video_cursor]
+            grids = session.image_grids[image_cursor - n_img : image_cursor]
+            grids += [g for (t, _), g in zip(clips, clip_grids) for _ in range(t)]
         sample = SampleTrace(
             images=images,
             unreduced_visual_tokens=unreduced,
             visual_tokens_in=n0,
             frames=frames,
-            spans=visual_spans(p, per_image, per_frame) if p.videos else [],
+            spans=spans,
+            grids=grids,
         )
         counts = [n0]
         if rec.rows:

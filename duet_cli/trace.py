@@ -76,6 +76,9 @@ class SampleTrace:
     ledger: list[int] = field(default_factory=list)  # visual tokens seen by each decoder layer
     frames: list[ImageSelection] = field(default_factory=list)  # stage 1 per video frame (empty if off)
     spans: list[VisualSpan] = field(default_factory=list)  # filled when the sample has a video
+    # dynamic-resolution families: the token grid (rows, cols) of each image, then of each temporal slice
+    # of each video, in prompt order (empty for fixed-geometry families: every image has the model's grid)
+    grids: list[tuple[int, int]] = field(default_factory=list)
 
     def kept_per_span(self, drop: DropPoint) -> list[int]:
         """Visual tokens of each span (image or frame) still alive after `drop`."""
@@ -134,6 +137,7 @@ class ReductionTrace:
             s_dict["segments"] = [list(seg) for seg in s_obj.segments()]
             for img in [*s_dict["images"], *s_dict["frames"]]:
                 img["grid"] = list(img["grid"])
+            s_dict["grids"] = [list(g) for g in s_obj.grids]
             if s_obj.spans:
                 for drop_obj, drop_dict in zip(s_obj.drops, s_dict["drops"]):
                     drop_dict["kept_per_span"] = s_obj.kept_per_span(drop_obj)

@@ -113,11 +113,12 @@ def test_max_pixels_bounds_the_tokens(loaded: LoadedModel) -> None:
     assert int((inputs["input_ids"] == IMAGE_ID).sum()) <= 4
 
 
-def test_video_is_refused_in_one_line(loaded: LoadedModel) -> None:
+def test_video_without_a_video_processor_is_refused_in_one_line(loaded: LoadedModel) -> None:
     from duet_cli.video import Video
 
     clip = Video("clip", [image(56, 56, 0)], [0], 1)
-    with apply_profile(loaded.model, "baseline") as session, pytest.raises(InputError, match="images only"):
+    refused = pytest.raises(InputError, match="has no video processor")
+    with apply_profile(loaded.model, "baseline") as session, refused:
         build_inputs(loaded, session, [Prompt("what ?", [], [clip])])
 
 

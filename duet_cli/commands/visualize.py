@@ -121,7 +121,9 @@ def visualize(
             f"{first.model}{untrained} · {question}",
             f"{video}: {len(clip.indices)} of {clip.total_frames} frames ({numbers_line})",
         ]
-        figure = render_video_figure(clip.frames, rows, header=header, cell=patch_px or VIDEO_CELL)
+        figure = render_video_figure(
+            panel_frames(clip, first.trace.samples[0]), rows, header=header, cell=patch_px or VIDEO_CELL
+        )
     else:
         header = [f"{first.model}{untrained} · {question}", " + ".join(str(p) for p in image or [])]
         figure = render_figure(pictures, rows, header=header, cell=patch_px or CELL)
@@ -152,3 +154,12 @@ def visualize(
     for r, n in zip(reports, numbers):
         out.print(numbers_table(n, title=f"{r.model} · profile {r.profile.name}"))
     err.print(f"wrote {out_file} ({figure.width}x{figure.height} px)", markup=False)
+
+
+def panel_frames(clip: Any, sample: Any) -> list[Any]:
+    """The frame drawn for each frame span: every sampled frame (Video-LLaVA: a frame per span), or the
+    first frame of each temporal slice (Qwen2.5-VL: two sampled frames make one slice of tokens)."""
+    spans = [s for s in sample.spans if s.kind == "frame"]
+    if len(spans) == len(clip.frames):
+        return list(clip.frames)
+    return [clip.frames[clip.indices.index(s.source_frame)] for s in spans]

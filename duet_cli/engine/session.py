@@ -34,8 +34,12 @@ class ReductionSession:
         self.model, self.adapter, self.resolved = model, adapter, resolved
         self.dims = adapter.dims(model)
         self.recorder = Recorder()
-        # dynamic-resolution families: stock merged tokens of each image of the latest inputs built
+        # dynamic-resolution families, for the latest inputs built: stock merged tokens of each image,
+        # and (temporal slices, merged tokens per slice) of each video
         self.image_tokens: list[int] = []
+        self.video_slices: list[tuple[int, int]] = []
+        self.image_grids: list[tuple[int, int]] = []  # merged-token grid (rows, cols) of each image
+        self.video_grids: list[tuple[int, int]] = []  # ... of each video's slices
         owner = adapter.image_features_owner(model)
         self.vision: VisionStage1 | QwenVisionStage1 | VisionTimer = (
             (QwenVisionStage1 if self.dims.dynamic_resolution else VisionStage1)(
@@ -58,6 +62,11 @@ class ReductionSession:
         if self.resolved.vision is None:
             return merged_tokens
         return reduced_count(self.resolved.vision, merged_tokens)
+
+    def tokens_for_video(self, slices: int, per_slice: int) -> int:
+        """Placeholders of one video of `slices` temporal slices of `per_slice` stock merged tokens
+        (dynamic-resolution families: stage 1 treats each slice as an image)."""
+        return slices * self.tokens_for_image(per_slice)
 
     @property
     def tokens_per_frame(self) -> int:

@@ -44,7 +44,7 @@ def _find(model: nn.Module, key: str) -> Any:
 
 class Qwen25VLAdapter:
     family = "qwen2_5_vl"
-    modalities: tuple[str, ...] = ("image",)
+    modalities: tuple[str, ...] = ("image", "video")
     placeholders: tuple[str, ...] = (IMAGE_MARK, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)
     rope_rows = 3  # M-RoPE: temporal, height and width position rows
     default_template = (
@@ -64,15 +64,15 @@ class Qwen25VLAdapter:
         return _find(model, "owner")  # Qwen2_5_VLModel: forward() and generate() call its get_image_features
 
     def vision_tower(self, model: Any, modality: str = "image") -> nn.Module:
-        _image_only(modality)
-        return _find(model, "tower")
+        _check_modality(modality)
+        return _find(model, "tower")  # one tower for images and videos
 
     def vision_feature_layer(self, model: Any) -> int:
         return -1  # the merger reads the last block's output
 
     def vision_score_layer(self, model: Any, modality: str = "image") -> nn.Module:
         """Attention of the last full-attention vision block (stage 1 scores the attention received there)."""
-        _image_only(modality)
+        _check_modality(modality)
         block: Any = self.last_full_attention_block(model)
         attn: nn.Module = block.attn
         return attn
@@ -139,15 +139,17 @@ class Qwen25VLAdapter:
         video_tokens: Sequence[int] = (),
     ) -> tuple[str, int]:
         """The template's `<image>` becomes one `<|vision_start|>` + pads + `<|vision_end|>` block per
-        image (placeholder counts are per image on Qwen: the runtime passes them one by one)."""
-        if video_tokens:
-            raise InputError("video input for Qwen2.5-VL is not supported by duet yet")
-        return self.build_prompt_counts(template, question, [tokens_per_image] * n_images)
+        image, then one per video (placeholder counts are per image and per video on Qwen: the runtime
+        passes them one by one)."""
+        return self.build_prompt_counts(template, question, [tokens_per_image] * n_images, video_tokens)
 
-    def build_prompt_counts(self, template: str, question: str, counts: Sequence[int]) -> tuple[str, int]:
+    def build_prompt_counts(
+        self, template: str, question: str, counts: Sequence[int], video_counts: Sequence[int] = ()
+    ) -> tuple[str, int]:
         blocks = "".join(VISION_START + IMAGE_PAD * n + VISION_END for n in counts)
+        blocks += "".join(VISION_START + VIDEO_PAD * n + VISION_END for n in video_counts)
         head, sep, tail = template.partition("{question}")
-        if counts and IMAGE_MARK not in head:
+        if (counts or video_counts) and IMAGE_MARK not in head:
             raise InputError(f"the chat template {template!r} has no {IMAGE_MARK} placeholder")
         head = head.replace(IMAGE_MARK, blocks, 1)
         return head + (question + tail if sep else ""), len(head)
@@ -155,14 +157,20 @@ class Qwen25VLAdapter:
     def pixel_inputs(
         self, processor: Any, images: Sequence[Any], videos: Sequence[Sequence[Any]]
     ) -> dict[str, torch.Tensor]:
+        """Image patches and grids from the image processor; video patches and grids from the video
+        processor (frames in pairs: `temporal_patch_size` frames make one temporal slice, an odd count is
+        padded by repeating the last frame, as the processor does)."""
+        out: dict[str, torch.Tensor] = {}
+        if images:
+            encoded = processor.image_processor(list(images), return_tensors="pt")
+            out |= {"pixel_values": encoded["pixel_values"], "image_grid_thw": encoded["image_grid_thw"]}
         if videos:
-            raise InputError("video input for Qwen2.5-VL is not supported by duet yet")
-        if not images:
-            return {}
-        encoded = processor.image_processor(list(images), return_tensors="pt")
-        return {"pixel_values": encoded["pixel_values"], "image_grid_thw": encoded["image_grid_thw"]}
+            encoded = processor.video_processor(videos=[list(v) for v in videos], return_tensors="pt")
+            out["pixel_values_videos"] = encoded["pixel_values_videos"]
+            out["video_grid_thw"] = encoded["video_grid_thw"]
+        return out
 
 
-def _image_only(modality: str) -> None:
-    if modality != "image":
-        raise HookError(f"Qwen2.5-VL video input is not supported by duet yet (asked for {modality})")
+def _check_modality(modality: str) -> None:
+    if modality not in ("image", "video"):
+        raise HookError(f"Qwen2.5-VL has no {modality} input")

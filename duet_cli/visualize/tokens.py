@@ -79,8 +79,9 @@ def visual_tokens(sample: SampleTrace, n_images: int, grid: tuple[int, int]) -> 
     """The sample's visual tokens as they entered the LLM (stage-2 index order), each placed on its grid.
 
     With stage 1, per image in order: its dominant tokens (CLS first), then its contextual tokens.
-    Without stage 1 (`sample.images == []`), each image contributes `unreduced / n_images` tokens, the
-    patches in raster order (`grid` is then the caller's, e.g. ModelDims.grid).
+    Without stage 1 (`sample.images == []`), each image contributes its grid's patches in raster order:
+    the trace's grid of each image on dynamic-resolution models, else `unreduced / n_images` tokens on
+    the caller's `grid` (e.g. ModelDims.grid).
     """
     if n_images < 1:
         raise ValueError("a sample with visual tokens has at least one image")
@@ -90,6 +91,10 @@ def visual_tokens(sample: SampleTrace, n_images: int, grid: tuple[int, int]) -> 
                 f"the trace has stage-1 records for {len(sample.images)} image(s), the prompt {n_images}"
             )
         tokens = [t for i, sel in enumerate(sample.images) for t in _stage1_tokens(i, sel)]
+    elif sample.grids:  # dynamic resolution: every image (or video slice) has its own grid
+        if len(sample.grids) != n_images:
+            raise ValueError(f"the trace has grids for {len(sample.grids)} image(s), the prompt {n_images}")
+        tokens = [t for i, g in enumerate(sample.grids) for t in _unreduced_tokens(i, g[0] * g[1], g)]
     else:
         per_image, rest = divmod(sample.unreduced_visual_tokens, n_images)
         if rest:
@@ -103,8 +108,11 @@ def visual_tokens(sample: SampleTrace, n_images: int, grid: tuple[int, int]) -> 
 
 
 def image_grids(sample: SampleTrace, n_images: int, grid: tuple[int, int]) -> list[tuple[int, int]]:
-    """Patch grid (rows, cols) of each image: stage 1's own record when it ran, else the caller's grid."""
-    return [sel.grid for sel in sample.images] if sample.images else [grid] * n_images
+    """Patch grid (rows, cols) of each image: stage 1's own record when it ran, else the trace's grid of
+    each image (dynamic resolution), else the caller's grid."""
+    if sample.images:
+        return [sel.grid for sel in sample.images]
+    return list(sample.grids) if sample.grids else [grid] * n_images
 
 
 def cell_states(
@@ -184,4 +192,5 @@ def frame_view(sample: SampleTrace) -> SampleTrace:
         visual_tokens_in=sample.visual_tokens_in,
         drops=list(sample.drops),
         ledger=list(sample.ledger),
+        grids=list(sample.grids),
     )
