@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from duet_cli.errors import InputError, UnsupportedSetupError, UsageError
+from duet_cli.errors import InputError, UsageError
 from duet_cli.trace import VisualSpan
 
 if TYPE_CHECKING:
@@ -83,11 +83,6 @@ def build_dynamic_inputs(
             check_question(p.question, placeholder)
     images = [img for p in prompts for img in p.images]
     videos = [v for p in prompts for v in p.videos]
-    if videos and session.resolved.vision is not None:
-        raise UnsupportedSetupError(
-            f"profile {session.resolved.name}: a vision stage on Qwen2.5-VL video is not supported yet "
-            "(use an LLM-stage profile such as qwen-pdrop-50, or images)"
-        )
     pixels = encode_pixels(loaded, images, videos)
     merge = int(loaded.model.config.vision_config.spatial_merge_size)
     image_thw = pixels["image_grid_thw"].tolist() if images else []

@@ -210,6 +210,11 @@ def assemble_trace(
     per_image, per_frame = session.tokens_per_image, session.tokens_per_frame
     for i, p in enumerate(prompts):
         n_img, n_frames = len(p.images), p.n_frames
+        clips: list[tuple[int, int]] = []
+        if dims.dynamic_resolution:  # (temporal slices, merged tokens per slice) of each video
+            clips = session.video_slices[video_cursor : video_cursor + len(p.videos)]
+            video_cursor += len(p.videos)
+            n_frames = sum(t for t, _ in clips)  # stage 1 records one selection per temporal slice
         images = rec.images[image_cursor : image_cursor + n_img] if resolved.vision is not None else []
         frames = rec.frames[frame_cursor : frame_cursor + n_frames] if resolved.vision is not None else []
         image_cursor += n_img
@@ -220,8 +225,6 @@ def assemble_trace(
         grids: list[tuple[int, int]] = []
         if dims.dynamic_resolution:  # every image and every video has its own count
             own = session.image_tokens[image_cursor - n_img : image_cursor]
-            clips = session.video_slices[video_cursor : video_cursor + len(p.videos)]
-            video_cursor += len(p.videos)
             per_slice = [session.tokens_for_image(n) for _, n in clips]
             unreduced = sum(own) + sum(t * n for t, n in clips)
             n0 = sum(session.tokens_for_image(n) for n in own) + sum(

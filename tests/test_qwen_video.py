@@ -4,16 +4,18 @@ exactly as one by one."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
 import torch
 from PIL import Image
 from tiny_qwen import save_tiny_qwen
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import get_vision_window_index
 
 from duet_cli.dynamic_inputs import seconds_per_slice
 from duet_cli.engine.session import apply_profile
-from duet_cli.errors import UnsupportedSetupError
 from duet_cli.runtime import LoadedModel, Prompt, build_inputs, load_model, run
 from duet_cli.video import Video
 
@@ -140,9 +142,171 @@ def test_keep_everything_llm_stage_on_video_is_the_stock_model(loaded: LoadedMod
     torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
 
 
-def test_vision_stage_on_video_is_refused_in_one_line(loaded: LoadedModel) -> None:
-    with (
-        apply_profile(loaded.model, "qwen-duet-640") as session,
-        pytest.raises(UnsupportedSetupError, match=r"vision stage on Qwen2\.5-VL video"),
-    ):
-        build_inputs(loaded, session, PROMPTS[:1])
+def duet_like(llm: bool = True):  # type: ignore[no-untyped-def]
+    from tiny_qwen import profile
+
+    stage2 = {"at_depth": [0.5, 0.75], "keep_ratios": [0.5, 0.25], "queries": "after_image"}
+    vision = {"dominant": 5, "contextual": 2, "contextual_mode": "pooled"}
+    return profile("qwen-video-duet", vision=vision, llm=stage2 if llm else None)
+
+
+@torch.no_grad()
+def test_stage1_on_video_keeps_each_slices_top_units_by_a_naive_score(loaded: LoadedModel) -> None:
+    """Every temporal slice is reduced as an image: its dominant units are the top-scored ones of an
+    eager attention map over that slice alone (the groups the stock full-attention block attends in)."""
+    model = loaded.model
+    with apply_profile(model, "baseline") as session:
+        inputs = build_inputs(loaded, session, PROMPTS[:1])  # one video: 2 slices of 4 x 8 patches
+    attn = model.model.visual.blocks[max(model.config.vision_config.fullatt_block_indexes)].attn
+    seen: dict = {}
+    handle = attn.register_forward_pre_hook(
+        lambda m, a, k: seen.update(k, hidden=a[0] if a else k["hidden_states"]), with_kwargs=True
+    )
+    try:
+        model.model.visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"])
+    finally:
+        handle.remove()
+    seq = seen["hidden"].shape[0]
+    q, k, _ = attn.qkv(seen["hidden"]).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *seen["position_embeddings"])
+    window_index, _ = get_vision_window_index(
+        inputs["video_grid_thw"], spatial_merge_size=2, window_size=56, patch_size=14
+    )
+    units = torch.zeros(seq // 4)
+    bounds = seen["cu_seqlens"].tolist()
+    assert bounds == [0, 32, 64]  # the stock block attends within each slice
+    for lo, hi in itertools.pairwise(bounds):
+        qi, ki = q[lo:hi].transpose(0, 1), k[lo:hi].transpose(0, 1)
+        received = (
+            torch.softmax((qi.float() @ ki.float().transpose(-1, -2)) * attn.scaling, -1).sum(1).mean(0)
+        )
+        for j in range(hi - lo):
+            units[int(window_index[(lo + j) // 4])] += received[j] / 4
+    with apply_profile(model, duet_like(llm=False)) as session:
+        model(**build_inputs(loaded, session, PROMPTS[:1]))
+        frames = list(session.recorder.frames)
+    assert [(len(f.dominant), len(f.contextual), f.grid) for f in frames] == [(5, 2, (2, 4))] * 2
+    for f, slice_units in zip(frames, units.split(8)):
+        top = torch.sort(slice_units, descending=True, stable=True).indices[:5]
+        assert f.dominant == sorted(top.tolist())
+
+
+@torch.no_grad()
+def reference_logits(model, seq, types, items, features, kept, starts):  # type: ignore[no-untyped-def]
+    """Last-position logits of ONE unpadded sequence from scratch over fixed kept tokens. Positions: the
+    stock get_rope_index on the same prompt with every image and video at its full grid, gathered at the
+    merge units stage 1 kept. `items`: (kind, grid, units, seconds) per image/video in prompt order."""
+    lm = model.model.language_model
+    full_seq: list[int] = []
+    full_types: list[int] = []
+    columns: list[int] = []
+    pending = iter(items)
+    i = 0
+    while i < len(seq):
+        if types[i] == 0:
+            columns.append(len(full_seq))
+            full_seq.append(seq[i])
+            full_types.append(0)
+            i += 1
+            continue
+        key, (t, h, w), units, _ = next(pending)
+        while i < len(seq) and types[i] == key:
+            i += 1
+        columns += [len(full_seq) + u for u in units]
+        full_seq += [IMAGE_ID if key == 1 else VIDEO_ID] * (t * h * w // 4)
+        full_types += [key] * (t * h * w // 4)
+    grids = {key: [g for k, g, _, _ in items if k == key] for key in (1, 2)}
+    pos_full, _ = model.model.get_rope_index(
+        torch.tensor([full_seq]),
+        mm_token_type_ids=torch.tensor([full_types]),
+        image_grid_thw=torch.tensor(grids[1]) if grids[1] else None,
+        video_grid_thw=torch.tensor(grids[2]) if grids[2] else None,
+        second_per_grid_ts=torch.tensor([sec for k, _, _, sec in items if k == 2]),
+    )
+    pos3 = pos_full[:, :, columns]
+    ids = torch.tensor([seq])
+    h = lm.embed_tokens(ids)
+    visual = torch.tensor(types) > 0
+    h[0, visual] = features.to(h.dtype)
+    vis_index = torch.cumsum(visual.long(), 0) - 1
+    cols = list(range(len(seq)))
+    for layer_index, layer in enumerate(lm.layers):
+        if layer_index in starts[1:]:
+            keep_vis = set(kept[starts.index(layer_index) - 1])
+            keep = [j for j, c in enumerate(cols) if not visual[c] or int(vis_index[c]) in keep_vis]
+            h, cols = h[:, keep], [cols[j] for j in keep]
+        n = len(cols)
+        mask = torch.full((n, n), float("-inf")).triu(1).view(1, 1, n, n)
+        h = layer(h, attention_mask=mask, position_embeddings=lm.rotary_emb(h, pos3[:, :, cols]))
+    return model.lm_head(lm.norm(h))[0, -1]
+
+
+def units_of(selections) -> list[int]:  # type: ignore[no-untyped-def]
+    return [*selections.dominant, *(g.target for g in selections.contextual)]
+
+
+@torch.no_grad()
+def test_cached_greedy_with_video_stage1_equals_cache_free_reference(loaded: LoadedModel) -> None:
+    """generate() with stage 1 on an image and on video slices, then stage 2, in a padded batch: every
+    step's logits equal a from-scratch recomputation whose 3-D positions (video time spacing included)
+    come from the stock get_rope_index over the full grids, gathered at the kept units."""
+    model, prof = loaded.model, duet_like()
+    with apply_profile(model, prof) as session:
+        inputs = build_inputs(loaded, session, PROMPTS)
+        out = model.generate(
+            **inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True
+        )
+        kept_rows = [[d[2] for d in row.drops] for row in session.recorder.rows]
+        images, frames = list(session.recorder.images), list(session.recorder.frames)
+        image_feats = model.model.get_image_features(
+            inputs["pixel_values"], inputs["image_grid_thw"]
+        ).pooler_output
+        video_feats = model.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_grid_thw"]
+        ).pooler_output
+    assert [len(f.dominant) + len(f.contextual) for f in frames] == [7] * 5  # 2 + 3 slices, 5 + 2 each
+    grids = inputs["video_grid_thw"].tolist()
+    seconds = inputs["second_per_grid_ts"].tolist()
+    # row 0: the 2-slice video; row 1: the image (4 units: 3 + 1), then the 3-slice video
+    slice_units = [units_of(f) for f in frames]
+    video_units = [
+        [s * 8 + u for s in range(2) for u in slice_units[s]],
+        [s * 9 + u for s in range(3) for u in slice_units[2 + s]],
+    ]
+    rows = [
+        ([(2, tuple(grids[0]), video_units[0], seconds[0])], video_feats[0]),
+        (
+            [
+                (1, tuple(inputs["image_grid_thw"][0].tolist()), units_of(images[0]), 1.0),
+                (2, tuple(grids[1]), video_units[1], seconds[1]),
+            ],
+            torch.cat([image_feats[0], video_feats[1]]),
+        ),
+    ]
+    text = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+    for row, (items, feats) in enumerate(rows):
+        real = inputs["attention_mask"][row].bool()
+        seq = inputs["input_ids"][row][real].tolist()
+        types = inputs["mm_token_type_ids"][row][real].tolist()
+        for step in range(3):
+            ref = reference_logits(model, seq, types, items, feats, kept_rows[row], [0, 4, 6])
+            torch.testing.assert_close(
+                out.logits[step][row], ref, rtol=1e-4, atol=1e-4, msg=f"row {row} step {step}"
+            )
+            seq.append(text[row][step])
+            types.append(0)
+
+
+def test_stage1_on_video_batched_equals_one_by_one(loaded: LoadedModel) -> None:
+    prof = duet_like()
+    with apply_profile(loaded.model, prof) as session:
+        batch = run(loaded, session, PROMPTS, max_new_tokens=4)
+        singles = [run(loaded, session, [p], max_new_tokens=4) for p in PROMPTS]
+    assert batch.answers == [s.answers[0] for s in singles]
+    for got, single in zip(batch.trace.samples, singles):
+        want = single.trace.samples[0]
+        assert [units_of(f) for f in got.frames] == [units_of(f) for f in want.frames]
+        assert [d.kept for d in got.drops] == [d.kept for d in want.drops]
+    first, second = batch.trace.samples
+    assert (first.visual_tokens_in, second.visual_tokens_in) == (2 * 7, 4 + 3 * 7)
+    assert [s.stop - s.start for s in second.spans] == [4, 7, 7, 7]

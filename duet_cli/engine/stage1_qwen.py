@@ -18,7 +18,6 @@ the language model once the selection is known.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
+from duet_cli.engine.qwen_positions import IMAGE, KIND, VIDEO, Item, counts_per_row, per_row, rope_index
 from duet_cli.engine.qwen_vision_scores import per_unit_raster, received_attention
 from duet_cli.engine.recorder import Recorder, Stopwatch
 from duet_cli.engine.stage1_counts import clamped_counts, reduced_count
@@ -56,9 +56,11 @@ class QwenVisionStage1:
         vc = model_config.vision_config
         self.merge = int(vc.spatial_merge_size)
         self.window = (int(vc.window_size), int(vc.patch_size))
-        self.modalities = ("image",)
-        # (grid, merge unit of each output token) per image of the latest tower call, flat over the batch
-        self.selected: list[tuple[tuple[int, int, int], list[int]]] = []
+        self.modalities = ("image", "video")
+        self.tokens_per_second = float(getattr(vc, "tokens_per_second", 1.0))
+        # per image (and per video) of the latest tower call, flat over the batch: grid and merge units
+        self.selected: list[Item] = []
+        self.selected_video: list[Item] = []
         self._armed = False
         self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
         self._provisional = False
@@ -68,6 +70,7 @@ class QwenVisionStage1:
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
         _swap_in(self.owner, "get_image_features", self.get_image_features)
+        _swap_in(self.owner, "get_video_features", self.get_video_features)
         _swap_in(self.owner, "get_rope_index", self.get_rope_index)
         self._handles.append(self.score_attn.register_forward_pre_hook(self._capture, with_kwargs=True))
         self._handles.append(self.owner.register_forward_pre_hook(self._capture_inputs, with_kwargs=True))
@@ -77,7 +80,7 @@ class QwenVisionStage1:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for name in ("get_image_features", "get_rope_index"):
+        for name in ("get_image_features", "get_video_features", "get_rope_index"):
             _swap_out(self.owner, name)
 
     # -- vision ---------------------------------------------------------------------------------
@@ -98,87 +101,117 @@ class QwenVisionStage1:
     def get_image_features(
         self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any
     ) -> BaseModelOutputWithPooling:
-        """Drop-in for the stock method: per image, the VisionZip tokens of its merged features."""
+        """Drop-in for the stock method: per image, what stage 1 keeps of its merged features."""
         if image_grid_thw is None:
             raise HookError("stage 1 on Qwen2.5-VL needs image_grid_thw")
-        watch = Stopwatch(pixel_values.device)
-        watch.start()
-        if self.config.method == "random":
-            out, chosen = self._random(pixel_values, image_grid_thw)
-            self.recorder.vision_s += watch.stop()
-            return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=chosen)
-        self._armed, self._captured = True, None
-        try:
-            out = self.tower(pixel_values.type(self.tower.dtype), grid_thw=image_grid_thw)
-        finally:
-            self._armed = False
-        if self._captured is None:
-            raise HookError("stage 1: the Qwen2.5-VL scoring hook did not fire (last full-attention block)")
-        scores, keys = self._captured
-        self._captured = None
-        window_index, _ = get_vision_window_index(
-            image_grid_thw,
-            spatial_merge_size=self.merge,
-            window_size=self.window[0],
-            patch_size=self.window[1],
-        )
-        unit = self.merge * self.merge
-        scores, keys = per_unit_raster(scores, window_index, unit), per_unit_raster(keys, window_index, unit)
-        merged = out.pooler_output
-        sizes = (image_grid_thw.prod(-1) // unit).tolist()
-        features: list[torch.Tensor] = []
-        self.selected = []
-        cfg = self.config
-        for (t, h, w), hid, sc, ky in zip(
-            image_grid_thw.tolist(), merged.split(sizes), scores.split(sizes), keys.split(sizes)
-        ):
-            n = hid.shape[0]
-            d, c = clamped_counts(*cfg.counts_for(n), n=n)
-            reduced, sel = select_and_merge(
-                hid[None],
-                sc[None],
-                ky[None],
-                dominant=d,
-                contextual=c,
-                mode=cfg.contextual_mode,
-                cluster_width=cfg.cluster_width or 1,
-                has_cls=False,
-            )
-            features.append(reduced[0])
-            self.selected.append(((t, h, w), sel.dominant[0].tolist() + sel.targets[0].tolist()))
-            grid = (t * h // self.merge, w // self.merge)
-            self.recorder.images.extend(image_selections(sel, n, grid, has_cls=False))
-        self.recorder.vision_s += watch.stop()
+        out, features, self.selected = self._reduce(pixel_values, image_grid_thw, self.recorder.images)
         return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=features)
 
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor | None = None, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        """Drop-in for the stock method: per video, what stage 1 keeps of each temporal slice."""
+        if video_grid_thw is None:
+            raise HookError("stage 1 on Qwen2.5-VL needs video_grid_thw")
+        out, features, self.selected_video = self._reduce(
+            pixel_values_videos, video_grid_thw, self.recorder.frames
+        )
+        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=features)
+
+    def _reduce(
+        self, pixels: torch.Tensor, grid_thw: torch.Tensor, record: list[ImageSelection]
+    ) -> tuple[Any, Any, list[Item]]:
+        """Run the stock tower and merger on every image (or video), then reduce each temporal slice of
+        each as one image (an image is one slice): VisionZip on its scores and keys, or a seeded random
+        draw. Returns the tower output, one tensor per image or video (the stock pooler_output list),
+        and each one's grid with the raster merge unit of every output token."""
+        watch = Stopwatch(pixels.device)
+        watch.start()
+        scoring = self.config.method == "visionzip"
+        self._armed, self._captured = scoring, None
+        try:
+            out = self.tower(pixels.type(self.tower.dtype), grid_thw=grid_thw)
+        finally:
+            self._armed = False
+        unit = self.merge * self.merge
+        scores = keys = None
+        if scoring:
+            if self._captured is None:
+                raise HookError(
+                    "stage 1: the Qwen2.5-VL scoring hook did not fire (last full-attention block)"
+                )
+            scores, keys = self._captured
+            self._captured = None
+            window_index, _ = get_vision_window_index(
+                grid_thw, spatial_merge_size=self.merge, window_size=self.window[0], patch_size=self.window[1]
+            )
+            scores, keys = (
+                per_unit_raster(scores, window_index, unit),
+                per_unit_raster(keys, window_index, unit),
+            )
+        merged = out.pooler_output
+        features: list[torch.Tensor] = []
+        items: list[Item] = []
+        offset = 0  # merged tokens of the items before this one
+        for t, h, w in grid_thw.tolist():
+            n = h * w // unit  # merged tokens of one temporal slice
+            grid = (h // self.merge, w // self.merge)
+            parts, units = [], []
+            for s in range(t):
+                lo = offset + s * n
+                hid = merged[lo : lo + n]
+                if scores is not None and keys is not None:
+                    reduced, kept, selection = self._visionzip(
+                        hid, scores[lo : lo + n], keys[lo : lo + n], grid
+                    )
+                else:
+                    reduced, kept, selection = self._random(hid, pixels[lo * unit : (lo + n) * unit], grid)
+                parts.append(reduced)
+                units += [s * n + u for u in kept]
+                record.append(selection)
+            features.append(torch.cat(parts))
+            items.append(Item((t, h, w), units))
+            offset += t * n
+        self.recorder.vision_s += watch.stop()
+        return out, features, items
+
+    def _visionzip(
+        self, hid: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, list[int], ImageSelection]:
+        """VisionZip on one slice's merged tokens, counts clamped to the slice."""
+        n, cfg = hid.shape[0], self.config
+        dominant, contextual = cfg.counts_for(n)
+        d, c = clamped_counts(dominant, contextual, n)
+        reduced, sel = select_and_merge(
+            hid[None],
+            scores[None],
+            keys[None],
+            dominant=d,
+            contextual=c,
+            mode=cfg.contextual_mode,
+            cluster_width=cfg.cluster_width or 1,
+            has_cls=False,
+        )
+        kept = sel.dominant[0].tolist() + sel.targets[0].tolist()  # a contextual token sits at its target
+        return reduced[0], kept, image_selections(sel, n, grid, has_cls=False)[0]
+
     def _random(
-        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
-    ) -> tuple[Any, Any]:  # (tower output, one tensor per image, as the stock pooler_output list)
-        """The stage-1 `random` baseline per image: min(count, N) merge units drawn uniformly, seeded by
-        the profile's seed and the image's own patches (the same alone or in any batch), in raster order."""
+        self, hid: torch.Tensor, patches: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, list[int], ImageSelection]:
+        """The `random` baseline on one slice: min(count, N) merge units drawn uniformly, seeded by the
+        profile's seed and the slice's own patches (the same alone or in any batch), in raster order."""
         from duet_cli.methods.random_patches.apply import image_seed
 
-        out = self.tower(pixel_values.type(self.tower.dtype), grid_thw=image_grid_thw)
-        unit = self.merge * self.merge
-        patches = image_grid_thw.prod(-1).tolist()
-        sizes = [p // unit for p in patches]
-        features: list[torch.Tensor] = []
-        self.selected = []
-        for (t, h, w), hid, px in zip(
-            image_grid_thw.tolist(), out.pooler_output.split(sizes), pixel_values.split(patches)
-        ):
-            n = hid.shape[0]
-            gen = torch.Generator().manual_seed(image_seed(self.config.seed, px))
-            keep = torch.randperm(n, generator=gen)[: reduced_count(self.config, n)].sort().values
-            features.append(hid[keep.to(hid.device)])
-            self.selected.append(((t, h, w), keep.tolist()))
-            grid = (t * h // self.merge, w // self.merge)
-            self.recorder.images.append(ImageSelection(n, grid, False, keep.tolist(), [], method="random"))
-        return out, features
+        n = hid.shape[0]
+        gen = torch.Generator().manual_seed(image_seed(self.config.seed, patches))
+        keep = torch.randperm(n, generator=gen)[: reduced_count(self.config, n)].sort().values
+        kept = keep.tolist()
+        return hid[keep.to(hid.device)], kept, ImageSelection(n, grid, False, kept, [], method="random")
 
     # -- positions --------------------------------------------------------------------------------
     def _capture_inputs(self, module: Any, args: tuple, kwargs: dict) -> None:
-        self._pending = {k: kwargs.get(k) for k in ("input_ids", "mm_token_type_ids", "attention_mask")}
+        keys = ("input_ids", "mm_token_type_ids", "attention_mask", "second_per_grid_ts")
+        self._pending = {k: kwargs.get(k) for k in keys}
         return None
 
     def get_rope_index(
@@ -191,11 +224,19 @@ class QwenVisionStage1:
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stock signature and result, for prompts whose images have reduced placeholder counts."""
-        if video_grid_thw is not None:
-            raise UnsupportedSetupError("a vision stage on Qwen2.5-VL takes images, not video")
+        """The stock signature and result, for prompts whose images and videos have reduced counts."""
+        seconds = _seconds(second_per_grid_ts)
+        given = {
+            IMAGE: [
+                Item(_grid(g), None) for g in (image_grid_thw.tolist() if image_grid_thw is not None else [])
+            ],
+            VIDEO: [
+                Item(_grid(g), None, seconds[i] if i < len(seconds) else 1.0)
+                for i, g in enumerate(video_grid_thw.tolist() if video_grid_thw is not None else [])
+            ],
+        }
         positions, deltas, provisional = self._positions(
-            input_ids, mm_token_type_ids, attention_mask, image_grid_thw
+            input_ids, mm_token_type_ids, attention_mask, given, seconds
         )
         self._provisional = provisional
         return positions, deltas
@@ -205,70 +246,20 @@ class QwenVisionStage1:
         input_ids: torch.Tensor,
         types: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        grids: torch.Tensor | None,
+        given: dict[int, list[Item]],
+        seconds: list[float],
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(3, B, L) positions, (B, 1) rope deltas, and whether image positions are provisional."""
-        device = input_ids.device
-        b, length = input_ids.shape
-        positions = torch.zeros(3, b, length, dtype=input_ids.dtype, device=device)
-        rows = []
-        for row in range(b):
-            valid = (
-                attention_mask[row].bool()
-                if attention_mask is not None
-                else torch.ones(length, dtype=torch.bool, device=device)
-            )
-            groups = [(key, len(list(run))) for key, run in itertools.groupby(types[row][valid].tolist())]
-            rows.append((valid, groups))
-        images = self._images_per_row([sum(1 for key, _ in g if key != 0) for _, g in rows], grids)
-        provisional, deltas = False, list[int]()
-        for (valid, groups), row_images in zip(rows, images):
-            cur, parts, pending = 0, [], iter(row_images)
-            for key, n in groups:
-                if key == 0:
-                    parts.append(torch.arange(n, device=device).view(1, -1).expand(3, -1) + cur)
-                    cur += n
-                    continue
-                if key != 1:
-                    raise UnsupportedSetupError("a vision stage on Qwen2.5-VL takes images, not video")
-                (t, h, w), kept = next(pending)
-                grid = torch.tensor([t, h, w])
-                full = self.owner.get_vision_position_ids(cur, grid, 1, self.merge, 1, device=device)
-                if kept is None:  # the tower has not run yet (generate() asks first): corrected later
-                    kept, provisional = list(range(min(n, full.shape[1]))), True
-                if len(kept) != n:
-                    raise HookError(
-                        f"an image has {n} placeholders but stage 1 emits {len(kept)} tokens for it "
-                        f"(grid {(t, h, w)}); build prompts with the reduced counts"
-                    )
-                parts.append(full[:, torch.tensor(kept, dtype=torch.long, device=device)])
-                cur += max(h, w) // self.merge
-            llm = torch.cat(parts, dim=1)
-            positions[:, len(deltas), valid] = llm.to(positions.dtype)
-            deltas.append(int(llm.max()) + 1 - int(valid.sum()))
-        return positions, torch.tensor(deltas, device=device).unsqueeze(1), provisional
-
-    def _images_per_row(self, counts: list[int], grids: torch.Tensor | None) -> list[list[Any]]:
-        """(grid, kept units or None) of each image of each row, rows holding `counts` images.
-
-        After the tower ran: its selections, in order; generate() repeats each prompt's rows for beams
-        after the tower ran once per prompt, so the rows of prompt p are p * r ... p * r + r - 1.
-        Before (generate() asks for positions first): the given grids, with no selection yet."""
-        total, selected = sum(counts), self.selected
-        if selected and total % len(selected) == 0:
-            repeat = total // len(selected)
-            out = []
-            for row, c in enumerate(counts):
-                first = sum(counts[p * repeat] for p in range(row // repeat))
-                out.append(list(selected[first : first + c]))
-            return out
-        if grids is None or len(grids) != total:
-            raise HookError(
-                f"stage 1 on Qwen2.5-VL: {total} images in the prompts but "
-                f"{0 if grids is None else len(grids)} image grids (image_grid_thw)"
-            )
-        flat = [(tuple(int(v) for v in g), None) for g in grids.tolist()]
-        return [flat[sum(counts[:row]) : sum(counts[: row + 1])] for row in range(len(counts))]
+        videos = [
+            Item(v.grid, v.kept, seconds[i] if i < len(seconds) else 1.0)
+            for i, v in enumerate(self.selected_video)
+        ]
+        items = {
+            key: per_row(counts_per_row(types, attention_mask, key), selected, given[key], KIND[key])
+            for key, selected in ((IMAGE, self.selected), (VIDEO, videos))
+        }
+        return rope_index(
+            self.owner, self.merge, self.tokens_per_second, input_ids, types, attention_mask, items
+        )
 
     def _fix_positions(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """At a prefill whose positions were provisional, put the kept tokens' 3-D positions in place.
@@ -290,16 +281,32 @@ class QwenVisionStage1:
                 raise HookError(
                     "stage 1 on Qwen2.5-VL needs input_ids and mm_token_type_ids to place positions"
                 )
-            if not self.selected:
+            if not self.selected and not self.selected_video:
                 raise HookError("stage 1 on Qwen2.5-VL: no selection for the images of this prompt")
             fixed, _, _ = self._positions(
-                pending["input_ids"], pending["mm_token_type_ids"], pending["attention_mask"], None
+                pending["input_ids"],
+                pending["mm_token_type_ids"],
+                pending["attention_mask"],
+                {IMAGE: [], VIDEO: []},
+                _seconds(pending.get("second_per_grid_ts")),
             )
         finally:
-            self._provisional, self.selected = False, []
+            self._provisional, self.selected, self.selected_video = False, [], []
         fixed = fixed.to(position_ids.device)
         position_ids = torch.cat([position_ids[:1], fixed]) if position_ids.shape[0] == 4 else fixed
         return args, {**kwargs, "position_ids": position_ids}
+
+
+def _grid(g: list[int]) -> tuple[int, int, int]:
+    t, h, w = (int(v) for v in g)
+    return t, h, w
+
+
+def _seconds(second_per_grid_ts: Any) -> list[float]:
+    if second_per_grid_ts is None:
+        return []
+    values = second_per_grid_ts.tolist() if hasattr(second_per_grid_ts, "tolist") else second_per_grid_ts
+    return [float(v) for v in values]
 
 
 def _swap_in(owner: nn.Module, name: str, fn: Any) -> None:
