@@ -24,7 +24,14 @@ from duet_cli.dims import ModelDims, dims_from_config
 from duet_cli.errors import ModelNotFoundError
 from duet_cli.resources import models_dir
 
-DEFAULT_MODEL = "tiny-llava"
+DEFAULT_MODEL = "tiny-llava"  # the bundled model every command uses when no -m is given
+MODEL_ENV = "DUET_MODEL"  # overrides the default model (a catalog name, a folder or a hub id)
+
+
+def default_model() -> str:
+    """The model a command uses without -m: $DUET_MODEL when set, else the bundled DEFAULT_MODEL."""
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+
 
 _CARD_KEYS = (
     "name",

@@ -225,9 +225,9 @@ def profile_config_only(
     batch: int = 1,
 ) -> ProfileReport:
     """The analytic part only: architecture numbers from the card or config, ledgers from the profiles."""
-    from duet_cli.catalog import DEFAULT_MODEL, dims_for
+    from duet_cli.catalog import default_model, dims_for
 
-    spec = model or DEFAULT_MODEL
+    spec = model or default_model()
     if dtype not in CONFIG_ONLY_BYTES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(CONFIG_ONLY_BYTES)}")
     dims = dims_for(spec)

@@ -87,9 +87,9 @@ def load_model(
     `min_pixels` / `max_pixels` bound the image size of dynamic-resolution families (Qwen2.5-VL)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    from duet_cli.catalog import DEFAULT_MODEL, resolve_model
+    from duet_cli.catalog import default_model, resolve_model
 
-    resolved = resolve_model(spec or DEFAULT_MODEL)
+    resolved = resolve_model(spec or default_model())
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     kwargs = {"local_files_only": resolved.local_files_only}

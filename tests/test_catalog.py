@@ -190,3 +190,14 @@ def test_bundled_model_loads_offline_and_generates(offline: None) -> None:
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3 or int(out[0, -1]) == tokenizer.eos_token_id
+
+
+def test_duet_model_overrides_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duet_cli.catalog import MODEL_ENV, default_model
+
+    monkeypatch.setenv(MODEL_ENV, "llava-1.5-7b")
+    assert default_model() == "llava-1.5-7b"
+    monkeypatch.setenv(MODEL_ENV, "  ")
+    assert default_model() == DEFAULT_MODEL
+    monkeypatch.delenv(MODEL_ENV)
+    assert default_model() == DEFAULT_MODEL

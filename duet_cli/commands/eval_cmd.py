@@ -67,6 +67,7 @@ def eval_cmd(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from duet_cli.catalog import default_model
     from duet_cli.evaluate.report import benchmark_table, results, summary_table, write_outputs
     from duet_cli.evaluate.runner import EvalConfig, run_eval
     from duet_cli.evaluate.runner import Progress as Hooks
@@ -120,13 +121,13 @@ def eval_cmd(
         profile_name=",".join(dict.fromkeys(c.profile for c in cells)),
         profile_hash="",
         profile={},
-        model=model or "tiny-llava",
+        model=model or default_model(),
         dtype=dtype,
         device=device,
         seed=seed,
     )
     paths = write_outputs(
-        numbers, out_dir, prov, title=f"{model or 'tiny-llava'}: {', '.join(cfg.benchmarks)}"
+        numbers, out_dir, prov, title=f"{model or default_model()}: {', '.join(cfg.benchmarks)}"
     )
     if json_out:
         out.print(

@@ -9,7 +9,10 @@ import typer
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--model", "-m", help="Catalog name (see models/), a local folder, or a hub id. Default: tiny-llava."
+        "--model",
+        "-m",
+        help="Catalog name (see models/), a local folder, or a hub id. "
+        "Default: the bundled model ($DUET_MODEL overrides it).",
     ),
 ]
 ProfileOpt = Annotated[

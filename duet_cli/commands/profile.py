@@ -71,9 +71,9 @@ def profile(
         raise UsageError("--text-tokens is for --config-only (a measured run counts the prompt's tokens)")
     names = list(profiles or [])
     if config_only:
-        from duet_cli.catalog import DEFAULT_MODEL, get_card, list_cards
+        from duet_cli.catalog import default_model, get_card, list_cards
 
-        spec = model or DEFAULT_MODEL
+        spec = model or default_model()
         if not names and spec in {c.name for c in list_cards()}:
             names = [get_card(spec).default_profile]
         report = profiling.profile_config_only(
@@ -84,9 +84,9 @@ def profile(
 
         quiet_transformers()
         if not names:
-            from duet_cli.catalog import DEFAULT_MODEL, get_card, list_cards
+            from duet_cli.catalog import default_model, get_card, list_cards
 
-            spec = model or DEFAULT_MODEL
+            spec = model or default_model()
             names = [get_card(spec).default_profile] if spec in {c.name for c in list_cards()} else []
         progress = Progress(
             TextColumn("[progress.description]{task.description}"),

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from duet_cli.profiles import Profile
 
 # LLaVA-1.5-7B: what `list` reports averages on, and `show`/`check` resolve against without --model
-# (so this ModelOpt differs from the shared one in commands/options.py, whose default is tiny-llava).
+# (so this ModelOpt differs from the shared one in commands/options.py, whose default is the bundled model).
 LLAVA_7B = ModelDims(
     family="llava", num_layers=32, vision_tokens=577, has_cls=True, unreduced_tokens=576, grid=(24, 24)
 )

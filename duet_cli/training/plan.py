@@ -102,8 +102,10 @@ def _check_options(cfg: TrainConfig) -> None:
 
 def settings(cfg: TrainConfig, plan_samples: int, profile_hash: str, global_batch: int, total: int) -> dict:
     """The run's settings as stored in every checkpoint (and compared on --resume)."""
+    from duet_cli.catalog import default_model
+
     return {
-        "model": cfg.model or "tiny-llava",
+        "model": cfg.model or default_model(),
         "data": cfg.data,
         "samples": plan_samples,
         "profile": cfg.profile,
@@ -133,7 +135,7 @@ def check_resume(stored: dict[str, Any], current: dict[str, Any], folder: Path) 
 
 def make_plan(cfg: TrainConfig) -> Plan:
     """Run every check that needs no weights; raise one DuetError on the first failure."""
-    from duet_cli.catalog import DEFAULT_MODEL, dims_for
+    from duet_cli.catalog import default_model, dims_for
     from duet_cli.jsonio import check_writable
     from duet_cli.profiles import load_profile, resolve_profile
     from duet_cli.training import checkpoint
@@ -142,7 +144,7 @@ def make_plan(cfg: TrainConfig) -> Plan:
     _check_options(cfg)
     check_writable(cfg.out / "report.json")
     profile = load_profile(cfg.profile)
-    resolved = resolve_profile(profile, dims_for(cfg.model or DEFAULT_MODEL))
+    resolved = resolve_profile(profile, dims_for(cfg.model or default_model()))
     source, problems = open_source(cfg.data, cfg.image_folder, strict=cfg.strict, limit=cfg.limit)
     warnings = []
     if problems.malformed:
