@@ -49,6 +49,16 @@ def seconds_per_slice(video: Video, temporal_patch_size: int) -> float:
 
 
 def encode_pixels(loaded: LoadedModel, images: list[Any], videos: list[Video]) -> dict[str, torch.Tensor]:
+    try:
+        return _encode_pixels(loaded, images, videos)
+    except ValueError as exc:  # e.g. an aspect ratio above 200, which the Qwen processors cannot resize
+        names = [getattr(im, "info", {}).get("duet_path", "") for im in images] + [v.path for v in videos]
+        which = ", ".join(n for n in names if n) or "an input"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{which}: the {loaded.name} processor cannot take it: {first}") from None
+
+
+def _encode_pixels(loaded: LoadedModel, images: list[Any], videos: list[Video]) -> dict[str, torch.Tensor]:
     processor = loaded.processor
     out: dict[str, torch.Tensor] = {}
     if images:

@@ -81,7 +81,9 @@ def load_image(path: str | Path) -> Image.Image:
                 # A broken EXIF block is no reason to refuse the pixels.
                 with contextlib.suppress(Exception):
                     upright = ImageOps.exif_transpose(image) or image
-                return _to_rgb(upright)
+                rgb = _to_rgb(upright)
+                rgb.info["duet_path"] = name  # so a later refusal (e.g. by a processor) can name the file
+                return rgb
     except InputError:
         raise
     except PermissionError as exc:

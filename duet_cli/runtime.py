@@ -290,6 +290,7 @@ def run(
         )
     inputs = build_inputs(loaded, session, prompts)
     session.recorder.reset()
+    session.forget_selections()
     torch.manual_seed(seed)
     tok = loaded.tokenizer
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}

@@ -84,3 +84,16 @@ def test_visualize_video_draws_one_panel_per_temporal_slice(qwen: str, clip: Pat
     # qwen-pdrop-50 keeps floor(16 * r) for r = 0.5, 0.3, 0.2, split over the slices
     assert [sum(d["kept_per_span"]) for d in sample["drops"]] == [8, 4, 3]
     assert out.is_file()
+
+
+def test_an_image_the_processor_cannot_resize_is_one_line_naming_it(
+    qwen: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (600, 2), (200, 0, 0)).save(wide)
+    monkeypatch.setattr(sys, "argv", ["duet", "infer", "-m", qwen, "-i", str(wide), "-q", "what is it ?"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {wide}: ") and "aspect ratio" in lines[0], lines

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
-from tiny_qwen import IMAGE_ID, VISION_END_ID, VISION_START_ID, build_tiny_qwen, profile
+from tiny_qwen import IMAGE_ID, VISION_END_ID, VISION_START_ID, VOCAB, build_tiny_qwen, profile
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -31,6 +31,8 @@ SPECIAL = {
 def tokenizer() -> PreTrainedTokenizerFast:
     words = ["what", "color", "is", "the", "circle", "?", "user", "assistant", "<|im_start|>", "<|im_end|>"]
     vocab = {"[PAD]": 0, "[UNK]": 3, **{w: 10 + i for i, w in enumerate(words)}, **SPECIAL}
+    taken = set(vocab.values())  # every other id decodes to a word: generated text is never empty
+    vocab |= {f"w{i}": i for i in range(VOCAB) if i not in taken}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = Whitespace()
     tok.add_special_tokens([*SPECIAL, "<|im_start|>", "<|im_end|>"])

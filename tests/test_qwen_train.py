@@ -72,8 +72,8 @@ def test_batches_give_each_image_its_own_count(qwen_folder: Path, data: Path, tm
     loaded = load_model(str(qwen_folder), dtype="float32", device="cpu")
     with apply_profile(loaded.model, plan.profile) as session:
         batches = Batches(plan, loaded, session, torch.device("cpu"))
-        convs, enc = batches.encoded([0, 1])
-        batch = batches.batch(convs, enc)
+        convs, enc, pixels = batches.encoded([0, 1])
+        batch = batches.batch(convs, enc, pixels)
     image_id = loaded.adapter.image_token_id(loaded.model)
     assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [8, 9]
     assert batch["image_grid_thw"].tolist() == [[1, 4, 8], [1, 6, 6]]
@@ -84,6 +84,22 @@ def test_batches_give_each_image_its_own_count(qwen_folder: Path, data: Path, tm
     assert "<|im_start|> assistant" in text or "<|im_start|>assistant" in text
     labelled = [t for t, lab in zip(enc[0].input_ids, enc[0].labels) if lab != -100]
     assert loaded.tokenizer.decode(labelled).split() == ["red", "</s>", "two", "</s>"]
+
+
+def test_chatml_conversation_text_has_one_system_block() -> None:
+    from duet_cli.families.qwen2_5_vl import Qwen25VLAdapter
+    from duet_cli.training.collate import conversation_text
+
+    adapter = Qwen25VLAdapter()
+    turns = [("Q1?", "A1"), ("Q2?", "A2")]
+    text, spans = conversation_text(adapter, adapter.default_template, turns, "<|im_end|>", 2)
+    pads = "<|vision_start|><|image_pad|><|image_pad|><|vision_end|>"
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>user\n{pads}Q1?<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
+        "<|im_start|>user\nQ2?<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>\n"
+    )
+    assert [text[a:b] for a, b in spans] == ["A1<|im_end|>", "A2<|im_end|>"]
 
 
 def test_keep_everything_training_loss_equals_stock(qwen_folder: Path, data: Path, tmp_path: Path) -> None:

@@ -47,10 +47,12 @@ def clip(n: int, w: int, h: int, seed: int, fps: float = 8.0, every: int = 3) ->
 
 
 # 4 frames of 112 x 56 px: 2 temporal slices of 8 x 4 patches -> 2 x 8 merged tokens;
-# 6 frames of 84 x 84 px: 3 slices of 6 x 6 patches -> 3 x 9 merged tokens
+# 6 frames of 84 x 84 px: 3 slices of 6 x 6 patches -> 3 x 9 merged tokens. The two clips are sampled
+# at different spacings (3 and 5 file frames at 8 fps: 0.75 s and 1.25 s per slice), so mixing up their
+# time spacing changes positions
 PROMPTS = [
     Prompt("what color is the circle ?", [], [clip(4, 112, 56, seed=1)]),
-    Prompt("how many shapes are there ?", [frame(56, 56, 7)], [clip(6, 84, 84, seed=2)]),
+    Prompt("how many shapes are there ?", [frame(56, 56, 7)], [clip(6, 84, 84, seed=2, every=5)]),
 ]
 
 
@@ -86,13 +88,14 @@ def test_image_and_video_prompt_spans_and_token_types(loaded: LoadedModel) -> No
     second = result.trace.samples[1]
     assert second.unreduced_visual_tokens == second.visual_tokens_in == 4 + 27
     spans = [(s.kind, s.index, s.start, s.stop, s.frame, s.source_frame) for s in second.spans]
-    # the image, then three slices of 9 tokens; slice k starts at sampled frame 2k (file frame 6k)
+    # the image, then three slices of 9 tokens; slice k starts at sampled frame 2k (file frame 10k)
     assert spans == [
         ("image", 0, 0, 4, None, None),
         ("frame", 0, 4, 13, 0, 0),
-        ("frame", 0, 13, 22, 1, 6),
-        ("frame", 0, 22, 31, 2, 12),
+        ("frame", 0, 13, 22, 1, 10),
+        ("frame", 0, 22, 31, 2, 20),
     ]
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([0.75, 1.25])
 
 
 def test_stock_positions_space_slices_by_their_seconds(loaded: LoadedModel) -> None:
@@ -121,7 +124,7 @@ def test_stage2_on_video_batched_equals_one_by_one(loaded: LoadedModel, queries:
     with apply_profile(loaded.model, prof) as session:
         batch = run(loaded, session, PROMPTS, max_new_tokens=4)
         singles = [run(loaded, session, [p], max_new_tokens=4) for p in PROMPTS]
-    assert batch.answers == [s.answers[0] for s in singles]
+    assert batch.answers == [s.answers[0] for s in singles] and all(batch.answers)
     for got, single in zip(batch.trace.samples, singles):
         want = single.trace.samples[0]
         assert [d.kept for d in got.drops] == [d.kept for d in want.drops]
@@ -302,7 +305,7 @@ def test_stage1_on_video_batched_equals_one_by_one(loaded: LoadedModel) -> None:
     with apply_profile(loaded.model, prof) as session:
         batch = run(loaded, session, PROMPTS, max_new_tokens=4)
         singles = [run(loaded, session, [p], max_new_tokens=4) for p in PROMPTS]
-    assert batch.answers == [s.answers[0] for s in singles]
+    assert batch.answers == [s.answers[0] for s in singles] and all(batch.answers)
     for got, single in zip(batch.trace.samples, singles):
         want = single.trace.samples[0]
         assert [units_of(f) for f in got.frames] == [units_of(f) for f in want.frames]
@@ -310,3 +313,52 @@ def test_stage1_on_video_batched_equals_one_by_one(loaded: LoadedModel) -> None:
     first, second = batch.trace.samples
     assert (first.visual_tokens_in, second.visual_tokens_in) == (2 * 7, 4 + 3 * 7)
     assert [s.stop - s.start for s in second.spans] == [4, 7, 7, 7]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_stage1_with_beams_batched_equals_one_by_one(loaded: LoadedModel, beams: int) -> None:
+    """Beam search expands second_per_grid_ts per beam while the tower runs once per prompt: each video
+    must keep its own time spacing, so a batch equals its prompts one by one (text and kept tokens)."""
+    prof = duet_like()
+    with apply_profile(loaded.model, prof) as session:
+        batch = run(loaded, session, PROMPTS, max_new_tokens=3, num_beams=beams)
+        singles = [run(loaded, session, [p], max_new_tokens=3, num_beams=beams) for p in PROMPTS]
+    assert batch.answers == [s.answers[0] for s in singles] and all(batch.answers)
+    for got, single in zip(batch.trace.samples, singles):
+        want = single.trace.samples[0]
+        assert [d.kept for d in got.drops] == [d.kept for d in want.drops]
+
+
+@torch.no_grad()
+def test_rope_deltas_after_generate_are_the_real_ones(loaded: LoadedModel) -> None:
+    """After generate() under stage 1 the model keeps the rope deltas of the kept tokens' positions (what
+    a plain forward computes), not those of the provisional positions asked for before the tower ran."""
+    model = loaded.model
+    # a long clip (10 s per slice): its temporal positions outgrow the text's, which moves the deltas
+    # and few tokens per slice (2 + 1 of 9): provisional positions (the first units of the grid) would
+    # stop in the second slice
+    long = [Prompt("how many shapes are there ?", [], [clip(8, 84, 84, seed=2, every=40)]), PROMPTS[1]]
+    from tiny_qwen import profile
+
+    few = profile("few", vision={"dominant": 2, "contextual": 1, "contextual_mode": "pooled"})
+    with apply_profile(model, few) as session:
+        inputs = build_inputs(loaded, session, long)
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        after_generate = model.model.rope_deltas.clone()
+        model(**inputs)
+        after_forward = model.model.rope_deltas.clone()
+    torch.testing.assert_close(after_generate, after_forward)
+
+
+@torch.no_grad()
+def test_a_stale_selection_does_not_leak_into_the_next_prompt(loaded: LoadedModel) -> None:
+    """A tower call whose prefill never ran (here: called directly) leaves a selection behind; the next
+    run must place its own tokens (same output as a clean run)."""
+    prof = duet_like()
+    with apply_profile(loaded.model, prof) as session:
+        clean = run(loaded, session, PROMPTS[1:], max_new_tokens=3)
+        other = build_inputs(loaded, session, PROMPTS[:1])
+        loaded.model.model.get_video_features(other["pixel_values_videos"], other["video_grid_thw"])
+        after = run(loaded, session, PROMPTS[1:], max_new_tokens=3)
+    assert after.answers == clean.answers
+    assert [d.kept for d in after.trace.samples[0].drops] == [d.kept for d in clean.trace.samples[0].drops]

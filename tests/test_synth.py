@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from duet_cli.benchmarks.synth import (
     SPLITS,
     SynthBenchmark,
     extract_choice,
-    questions_for,
     record_from_id,
     scene_for,
 )
@@ -310,12 +308,3 @@ def test_scoring_hand_computed() -> None:
 )
 def test_extract_choice(text: str, letter: str | None) -> None:
     assert extract_choice(text, ["red", "blue", "green", "yellow"]) == letter
-
-
-def test_speed_1000_images() -> None:
-    start = time.perf_counter()
-    for i in range(1000):
-        scene = scene_for("train", i)
-        render(scene)
-        questions_for(scene, "train", i)
-    assert time.perf_counter() - start < 10.0

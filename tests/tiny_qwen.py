@@ -173,6 +173,8 @@ def save_tiny_qwen(folder: str, depth: int = 8) -> str:
     vocab = {"[PAD]": PAD_ID, "<s>": BOS_ID, "</s>": 2, "[UNK]": 3}
     vocab |= {w: 10 + i for i, w in enumerate(dict.fromkeys(WORDS))} | special
     assert max(vocab.values()) < VOCAB
+    taken = set(vocab.values())  # every other id decodes to a word too, so generated text is never empty
+    vocab |= {f"w{i}": i for i in range(VOCAB) if i not in taken}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = Whitespace()
     tok.add_special_tokens(list(special))

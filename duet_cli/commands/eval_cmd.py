@@ -29,7 +29,7 @@ def eval_cmd(
             "--benchmark",
             "-B",
             help="Benchmark (repeatable): synth, textvqa, pope, gqa, scienceqa, mme; "
-            "video (Video-LLaVA): msvd, msrvtt, tgif.",
+            "video (Video-LLaVA, Qwen2.5-VL): msvd, msrvtt, tgif.",
         ),
     ],
     profile: Annotated[

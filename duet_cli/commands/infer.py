@@ -28,7 +28,9 @@ def infer(
     question: Annotated[str | None, typer.Option("--question", "-q", help="The question to ask.")] = None,
     video: Annotated[
         list[Path] | None,
-        typer.Option("--video", help="Video file for a video model (Video-LLaVA); repeat for several."),
+        typer.Option(
+            "--video", help="Video file for a video model (Video-LLaVA, Qwen2.5-VL); repeat for several."
+        ),
     ] = None,
     frames: FramesOpt = 8,
     batch: Annotated[

@@ -29,5 +29,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (sampling, ran
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 FramesOpt = Annotated[
     int,
-    typer.Option("--frames", min=1, help="Frames sampled uniformly from each --video (Video-LLaVA: 8)."),
+    typer.Option(
+        "--frames",
+        min=1,
+        help="Frames sampled uniformly from each --video (default 8; Qwen2.5-VL makes a slice of every 2).",
+    ),
 ]

@@ -30,7 +30,10 @@ def visualize(
     question: Annotated[str | None, typer.Option("--question", "-q", help="The question to ask.")] = None,
     video: Annotated[
         Path | None,
-        typer.Option("--video", help="A video (Video-LLaVA) instead of images: draws a strip of its frames."),
+        typer.Option(
+            "--video",
+            help="A video (Video-LLaVA, Qwen2.5-VL) instead of images: draws a strip of its frames.",
+        ),
     ] = None,
     frames: FramesOpt = 8,
     out_file: Annotated[

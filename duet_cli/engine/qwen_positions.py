@@ -59,13 +59,11 @@ def rope_index(
     input_ids: torch.Tensor,
     types: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    items: dict[int, list[list[Item]]] | None,
-    given: dict[int, list[Item]] | None = None,
+    items: dict[int, list[list[Item]]],
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(3, B, L) positions, (B, 1) rope deltas, and whether some visual positions are provisional.
 
-    `items[kind][row]` are the row's images (kind 1) or videos (kind 2) in prompt order; when None they
-    are worked out with `per_row` from `given` (the inputs' grids, no selection)."""
+    `items[kind][row]` are the row's images (kind 1) or videos (kind 2) in prompt order (`per_row`)."""
     device = input_ids.device
     b, length = input_ids.shape
     positions = torch.zeros(3, b, length, dtype=input_ids.dtype, device=device)
@@ -78,8 +76,6 @@ def rope_index(
         )
         groups = [(key, len(list(run))) for key, run in itertools.groupby(types[row][valid].tolist())]
         rows.append((valid, groups))
-    if items is None:
-        raise HookError("stage 1 on Qwen2.5-VL: no visual items to place")
     provisional, deltas = False, list[int]()
     for row, (valid, groups) in enumerate(rows):
         cur, parts = 0, []

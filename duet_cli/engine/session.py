@@ -80,6 +80,12 @@ class ReductionSession:
         vision = self.resolved.vision
         return int(vision.tokens) if vision is not None else self.dims.unreduced_frame_tokens
 
+    def forget_selections(self) -> None:
+        """Drop stage-1 selections left by an earlier call (Qwen2.5-VL places positions from them)."""
+        reset = getattr(self.vision, "reset", None)
+        if reset is not None:
+            reset()
+
     def install(self) -> None:
         self.timer.install()
         self.vision.install()

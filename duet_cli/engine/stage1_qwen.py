@@ -12,7 +12,7 @@ Positions: the stock `get_rope_index` cannot place fewer placeholders than the i
 replaced on the instance by one that computes each image's full-grid 3-D positions and gathers the
 merge units each output token came from (dominant: its unit; contextual: its target's unit). `generate()`
 asks for positions before the tower has run; it then gets provisional image positions (right text
-positions, so decoding and rope deltas are right) and the image columns are corrected in a pre-hook on
+positions) and the image columns, and the model's stored rope deltas, are corrected in a pre-hook on
 the language model once the selection is known.
 """
 
@@ -57,7 +57,7 @@ class QwenVisionStage1:
         self.merge = int(vc.spatial_merge_size)
         self.window = (int(vc.window_size), int(vc.patch_size))
         self.modalities = ("image", "video")
-        self.tokens_per_second = float(getattr(vc, "tokens_per_second", 1.0))
+        self.tokens_per_second = float(vc.tokens_per_second)
         # per image (and per video) of the latest tower call, flat over the batch: grid and merge units
         self.selected: list[Item] = []
         self.selected_video: list[Item] = []
@@ -208,6 +208,11 @@ class QwenVisionStage1:
         kept = keep.tolist()
         return hid[keep.to(hid.device)], kept, ImageSelection(n, grid, False, kept, [], method="random")
 
+    def reset(self) -> None:
+        """Forget the selections of an earlier tower call (one whose prefill never ran, e.g. it raised):
+        the next prompt's positions must not be gathered at another image's kept units."""
+        self.selected, self.selected_video, self._provisional = [], [], False
+
     # -- positions --------------------------------------------------------------------------------
     def _capture_inputs(self, module: Any, args: tuple, kwargs: dict) -> None:
         keys = ("input_ids", "mm_token_type_ids", "attention_mask", "second_per_grid_ts")
@@ -249,8 +254,12 @@ class QwenVisionStage1:
         given: dict[int, list[Item]],
         seconds: list[float],
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        # generate() expands second_per_grid_ts for beams ([s0, s0, s1, s1]) while the tower ran once per
+        # prompt: video i's seconds sit at i * (expansion factor)
+        n = len(self.selected_video)
+        repeat = len(seconds) // n if n and len(seconds) % n == 0 else 1
         videos = [
-            Item(v.grid, v.kept, seconds[i] if i < len(seconds) else 1.0)
+            Item(v.grid, v.kept, seconds[i * repeat] if i * repeat < len(seconds) else 1.0)
             for i, v in enumerate(self.selected_video)
         ]
         items = {
@@ -283,7 +292,7 @@ class QwenVisionStage1:
                 )
             if not self.selected and not self.selected_video:
                 raise HookError("stage 1 on Qwen2.5-VL: no selection for the images of this prompt")
-            fixed, _, _ = self._positions(
+            fixed, deltas, _ = self._positions(
                 pending["input_ids"],
                 pending["mm_token_type_ids"],
                 pending["attention_mask"],
@@ -293,6 +302,7 @@ class QwenVisionStage1:
         finally:
             self._provisional, self.selected, self.selected_video = False, [], []
         fixed = fixed.to(position_ids.device)
+        self.owner.rope_deltas = deltas.to(position_ids.device)  # what a later cached step continues from
         position_ids = torch.cat([position_ids[:1], fixed]) if position_ids.shape[0] == 4 else fixed
         return args, {**kwargs, "position_ids": position_ids}
 

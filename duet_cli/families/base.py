@@ -99,6 +99,10 @@ class FamilyAdapter(Protocol):
         its frames, `video_tokens`) and the question's offset."""
         ...
 
+    def turn_template(self, template: str) -> str:
+        """The template of a conversation's later turns (no images; Qwen2.5-VL: no second system block)."""
+        ...
+
     def pixel_inputs(
         self, processor: Any, images: Sequence[Any], videos: Sequence[Sequence[Any]]
     ) -> dict[str, torch.Tensor]:

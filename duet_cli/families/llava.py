@@ -11,6 +11,7 @@ from torch import nn
 from duet_cli.dims import ModelDims, dims_from_config
 from duet_cli.errors import HookError, InputError, UnsupportedSetupError
 
+NO_VIDEO = "LLaVA-1.5 takes images, not video (use a Video-LLaVA or Qwen2.5-VL model for --video)"
 IMAGE_PLACEHOLDER = "<image>"
 
 # every path into the stock model, in one place
@@ -148,7 +149,7 @@ class LlavaAdapter:
     ) -> tuple[str, int]:
         """Chat prompt with `tokens_per_image` placeholders per image, and where the question starts."""
         if video_tokens:
-            raise InputError("LLaVA-1.5 takes images, not video (use a Video-LLaVA model for --video)")
+            raise InputError(NO_VIDEO)
         block = "\n".join([IMAGE_PLACEHOLDER * tokens_per_image] * n_images)
 
         def fill(part: str) -> str:
@@ -160,11 +161,14 @@ class LlavaAdapter:
         head = fill(head)
         return head + (question + fill(tail) if sep else ""), len(head)
 
+    def turn_template(self, template: str) -> str:
+        return template  # "USER: {question} ASSISTANT:" once the image placeholder is gone
+
     def pixel_inputs(
         self, processor: Any, images: Sequence[Any], videos: Sequence[Sequence[Any]]
     ) -> dict[str, torch.Tensor]:
         if videos:
-            raise InputError("LLaVA-1.5 takes images, not video (use a Video-LLaVA model for --video)")
+            raise InputError(NO_VIDEO)
         if not images:
             return {}
         return {"pixel_values": processor.image_processor(list(images), return_tensors="pt")["pixel_values"]}

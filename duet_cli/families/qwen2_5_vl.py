@@ -25,6 +25,7 @@ VIDEO_PAD = "<|video_pad|>"
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 IMAGE_MARK = "<image>"  # where a catalog card's chat template puts the images
+USER_BLOCK = "<|im_start|>user"
 
 # every path into the stock model, in one place
 PATHS = {
@@ -153,6 +154,11 @@ class Qwen25VLAdapter:
             raise InputError(f"the chat template {template!r} has no {IMAGE_MARK} placeholder")
         head = head.replace(IMAGE_MARK, blocks, 1)
         return head + (question + tail if sep else ""), len(head)
+
+    def turn_template(self, template: str) -> str:
+        """ChatML's later turns start at the user block: the system block is said once, in turn 1."""
+        user = template.find(USER_BLOCK)
+        return template[user:] if user > 0 else template
 
     def pixel_inputs(
         self, processor: Any, images: Sequence[Any], videos: Sequence[Sequence[Any]]

@@ -141,6 +141,9 @@ class VideoLlavaAdapter:
         head = fill(head)
         return head + (question + tail if sep else ""), len(head)
 
+    def turn_template(self, template: str) -> str:
+        return template  # "USER: {question} ASSISTANT:" once the image placeholder is gone
+
     def pixel_inputs(
         self, processor: Any, images: Sequence[Any], videos: Sequence[Sequence[Any]]
     ) -> dict[str, torch.Tensor]:

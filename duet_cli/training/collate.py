@@ -40,7 +40,8 @@ def conversation_text(
     """The conversation as one string, and the character span of each answer (eos included)."""
     text, spans = "", []
     for k, (question, answer) in enumerate(turns):
-        prompt, _ = adapter.build_prompt(template, question, 1 if k == 0 else 0, tokens_per_image)
+        turn = template if k == 0 else adapter.turn_template(template)
+        prompt, _ = adapter.build_prompt(turn, question, 1 if k == 0 else 0, tokens_per_image)
         text += prompt + adapter.answer_prefix
         start = len(text)
         text += answer + eos

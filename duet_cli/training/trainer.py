@@ -77,6 +77,7 @@ class LossModule(nn.Module):
 
     def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
         self.session.recorder.reset()
+        self.session.forget_selections()
         parts = reduced_loss(self.model, self.session, batch)
         dev = parts.loss_sum.device
         counts = [parts.tokens, parts.visual_tokens_in, parts.visual_token_layers]
@@ -85,10 +86,11 @@ class LossModule(nn.Module):
 
 def set_trainable(model: Any, adapter: Any, parts: tuple[str, ...]) -> int:
     """requires_grad by part: the adapter's projector (Qwen2.5-VL: the patch merger, although it sits
-    inside the vision tower), the rest of the vision tower, language model + lm_head; anything else
-    (none in the supported families) counts as projector."""
+    inside the vision tower), the rest of every vision tower (Video-LLaVA has an image and a video tower),
+    language model + lm_head; anything else (none in the supported families) counts as projector."""
     projector = {id(p) for p in adapter.projector(model).parameters()}
-    vision = {id(p) for p in adapter.vision_tower(model).parameters()} - projector
+    towers = {id(tower): tower for m in adapter.modalities for tower in [adapter.vision_tower(model, m)]}
+    vision = {id(p) for tower in towers.values() for p in tower.parameters()} - projector
     llm = {id(p) for p in adapter.language_model(model).parameters()}
     llm |= {id(p) for p in model.get_output_embeddings().parameters()}
     count = 0
@@ -138,41 +140,48 @@ class Batches:
         self.image_id = loaded.adapter.image_token_id(loaded.model)
         tok = loaded.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self._pixels: dict[str, dict[str, torch.Tensor]] = {}  # dynamic: processed images of the step
         self.unreduced = [0, 0]  # dynamic: (stock merged tokens, samples) seen by this rank
 
-    def encoded(self, indices: list[int]) -> tuple[list[Any], list[Any]]:
+    def encoded(self, indices: list[int]) -> tuple[list[Any], list[Any], dict[str, torch.Tensor] | None]:
+        """The micro-batch's conversations, their token ids and labels, and (dynamic resolution) the
+        processed images, which decided each image's placeholder count."""
         convs = [self.source[i] for i in indices]
         lm = self.loaded
         counts = [self.session.tokens_per_image] * len(convs)
+        pixels = None
         if self.dynamic:
             merge = int(lm.model.config.vision_config.spatial_merge_size) ** 2
-            pixels = self._process([_image(c) for c in convs])
+            pixels = self._process([_image(c) for c in convs], convs)
             grids = pixels["image_grid_thw"].tolist()
             merged = [int(t * h * w) // merge for t, h, w in grids]
             counts = [self.session.tokens_for_image(n) for n in merged]
             self.unreduced = [self.unreduced[0] + sum(merged), self.unreduced[1] + len(merged)]
-            self._pixels = dict(zip((c.id for c in convs), _split_images(pixels)))
         enc = [
             encode(lm.tokenizer, lm.adapter, lm.template, c, n, self.image_id) for c, n in zip(convs, counts)
         ]
-        return convs, enc
+        return convs, enc, pixels
 
-    def batch(self, convs: list[Any], enc: list[Any]) -> dict[str, torch.Tensor]:
+    def batch(
+        self, convs: list[Any], enc: list[Any], pixels: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         batch = collate(enc, self.pad_id)
         if self.dynamic:
-            parts = [self._pixels.get(c.id) or self._process([_image(c)]) for c in convs]
-            batch["pixel_values"] = torch.cat([p["pixel_values"] for p in parts]).to(self.loaded.dtype)
-            batch["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in parts])
+            parts = pixels if pixels is not None else self._process([_image(c) for c in convs], convs)
+            batch["pixel_values"] = parts["pixel_values"].to(self.loaded.dtype)
+            batch["image_grid_thw"] = parts["image_grid_thw"]
             batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_id).int()
         else:
             images = [_image(c) for c in convs]
-            pixels = self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-            batch["pixel_values"] = pixels.to(self.loaded.dtype)
+            values = self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = values.to(self.loaded.dtype)
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def _process(self, images: list[Any]) -> dict[str, torch.Tensor]:
-        return self.loaded.adapter.pixel_inputs(self.loaded.processor, images, [])
+    def _process(self, images: list[Any], convs: list[Any]) -> dict[str, torch.Tensor]:
+        try:
+            return dict(self.loaded.adapter.pixel_inputs(self.loaded.processor, images, []))
+        except ValueError as exc:  # e.g. an aspect ratio the processor cannot resize
+            ids = ", ".join(str(c.id) for c in convs)
+            raise InputError(f"samples {ids}: the image processor refused an image: {exc}") from None
 
 
 def _image(conv: Any) -> Any:
@@ -180,14 +189,6 @@ def _image(conv: Any) -> Any:
         return conv.image()
     except InputError as exc:
         raise InputError(f"sample {conv.id}: {exc}") from None
-
-
-def _split_images(pixels: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """Qwen-style pixels (the patches of all images in one tensor, a grid row per image) split per image."""
-    grids = pixels["image_grid_thw"]
-    sizes = [int(t * h * w) for t, h, w in grids.tolist()]
-    patches = pixels["pixel_values"].split(sizes)
-    return [{"pixel_values": p, "image_grid_thw": grids[i : i + 1]} for i, p in enumerate(patches)]
 
 
 def train(cfg: TrainConfig, hooks: Hooks | None = None) -> TrainReport | None:
@@ -287,13 +288,13 @@ def _loop(
     t0, samples_now = time.perf_counter(), 0
     for step in range(start, total):
         micro = [batches.encoded(idx) for idx in order.micro_batches(step, rank)]
-        local = [sum(e.label_tokens for e in enc) for _, enc in micro]
+        local = [sum(e.label_tokens for e in enc) for _, enc, _ in micro]
         n_global = accelerator.reduce(torch.tensor(float(sum(local)), device=device), reduction="sum")
         step_stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, tokens, vis in, vis x L
-        for m, (convs, enc) in enumerate(micro):
+        for m, (convs, enc, pixels) in enumerate(micro):
             sync = m == len(micro) - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(module):
-                out = module(**batches.batch(convs, enc))
+                out = module(**batches.batch(convs, enc, pixels))
                 counts = out["counts"]
                 if int(counts[0]) != local[m]:  # labels must survive the drops one for one
                     raise RuntimeError(f"label tokens {int(counts[0])} after the forward, {local[m]} before")
