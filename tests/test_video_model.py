@@ -463,3 +463,19 @@ def test_a_prompt_with_an_image_and_a_clip(model: VideoLlavaForConditionalGenera
     ]
     assert [len(d.kept) for d in sample.drops] == [120, 60]
     assert sum(sample.kept_per_span(sample.drops[0])) == 120
+
+
+def test_training_parts_put_both_towers_under_vision() -> None:
+    """`--train projector` on Video-LLaVA trains the projector only: the video tower is vision too."""
+    from duet_cli.families.video_llava import VideoLlavaAdapter
+    from duet_cli.training.trainer import set_trainable
+
+    model = build_tiny_video_llava()
+    adapter = VideoLlavaAdapter()
+    projector = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    assert set_trainable(model, adapter, ("projector",)) == projector
+    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"multi_modal_projector"}
+    both = (model.model.image_tower, model.model.video_tower)
+    towers = sum(p.numel() for tower in both for p in tower.parameters())
+    assert set_trainable(model, adapter, ("vision",)) == towers
