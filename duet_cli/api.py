@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from duet_cli.engine.session import ReductionSession, apply_profile
+from duet_cli.errors import InputError
 from duet_cli.media import load_image
 from duet_cli.profiles import load_profile, resolve_profile
 from duet_cli.runtime import LoadedModel, Prompt, RunResult, check_question, load_model, run, run_batches
@@ -35,6 +36,7 @@ __all__ = [
     "Video",
     "apply_profile",
     "infer",
+    "infer_messages",
     "load_image",
     "load_model",
     "load_profile",
@@ -87,7 +89,6 @@ def infer(
     dynamic-resolution models (Qwen2.5-VL). `model` may also be a `LoadedModel` (from `load_model`
     or an earlier call's `on_loaded`), which is then used as it is instead of loading again.
     """
-    from duet_cli.jsonio import provenance
 
     questions, paths, video_paths, ids = [], [], [], []
     for item in items:
@@ -108,6 +109,77 @@ def infer(
     pictures = [[load_image(p) for p in ps] for ps in paths]
     clips = [[load_video(v, frames) for v in vs] for vs in video_paths]
     prompts = [Prompt(q, imgs, clip) for q, imgs, clip in zip(questions, pictures, clips, strict=True)]
+    report = _answer(
+        model, profile, prompts, ids, paths, video_paths, dtype=dtype, device=device, min_pixels=min_pixels,
+        max_pixels=max_pixels, batch_size=batch_size, seed=seed, on_loaded=on_loaded, on_batch=on_batch,
+        **generate,
+    )  # fmt: skip
+    if any(video_paths):
+        report.provenance["frames"] = frames
+        report.provenance["video_backend"] = sorted({c.backend for clip in clips for c in clip})
+    return report
+
+
+def infer_messages(
+    model: str | LoadedModel | None,
+    profile: str | None,
+    conversations: Sequence[list[dict[str, Any]]],
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    batch_size: int = 1,
+    seed: int = 0,
+    on_loaded: Callable[[LoadedModel], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    **generate: Any,
+) -> InferReport:
+    """`infer` for Qwen-style message lists (one user turn each, optionally after a system message): the
+    images and videos are read and resized by qwen-vl-utils with each item's own settings, as Qwen's
+    reference pipeline does (see duet_cli.qwen_messages). All conversations of one call share one
+    system message (or none)."""
+    from duet_cli.qwen_messages import prompt_parts, system_prompt
+
+    systems = {system_prompt(conv) for conv in conversations}
+    if len(systems) > 1:
+        raise InputError("the conversations of one run have different system messages; run them apart")
+    prompts, paths, video_paths = [], [], []
+    for k, conv in enumerate(conversations):
+        question, images, image_names, videos = prompt_parts(conv, f"conversation {k}")
+        check_question(question)
+        prompts.append(Prompt(question, images, videos))
+        paths.append(image_names)
+        video_paths.append([v.path for v in videos])
+    report = _answer(
+        model, profile, prompts, [None] * len(prompts), paths, video_paths, dtype=dtype, device=device,
+        batch_size=batch_size, seed=seed, on_loaded=on_loaded, on_batch=on_batch,
+        system=next(iter(systems)) if systems else None, **generate,
+    )  # fmt: skip
+    report.provenance["media_reader"] = "qwen-vl-utils"
+    return report
+
+
+def _answer(
+    model: str | LoadedModel | None,
+    profile: str | None,
+    prompts: list[Prompt],
+    ids: list[str | None],
+    paths: list[list[str]],
+    video_paths: list[list[str]],
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+    on_loaded: Callable[[LoadedModel], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    system: str | None = None,
+    **generate: Any,
+) -> InferReport:
+    """Load the model (unless given), apply the profile, answer `prompts` in batches."""
+    from duet_cli.jsonio import provenance
+
     if profile is not None:
         load_profile(profile)  # a typo fails before the model loads
     if isinstance(model, LoadedModel):  # already loaded (e.g. several profiles on one model)
@@ -116,6 +188,8 @@ def infer(
         loaded = load_model(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
     if on_loaded is not None:
         on_loaded(loaded)
+    if system is not None:
+        loaded = with_system_prompt(loaded, system)
     profile_obj = load_profile(profile or loaded.default_profile)
     resolved = resolve_profile(profile_obj, loaded.adapter.dims(loaded.model))
     with apply_profile(loaded.model, resolved) as session:
@@ -131,19 +205,27 @@ def infer(
         device=str(loaded.device),
         seed=seed,
     )
-    if any(video_paths):
-        prov["frames"] = frames
-        prov["video_backend"] = sorted({c.backend for clip in clips for c in clip})
     return InferReport(
         model=loaded.name,
         untrained=loaded.untrained,
         profile=resolved,
-        questions=questions,
+        questions=[p.question for p in prompts],
         images=paths,
         ids=ids,
         answers=result.answers,
         trace=result.trace,
         provenance=prov,
         videos=video_paths,
-        clips=clips,
+        clips=[list(p.videos) for p in prompts],
     )
+
+
+def with_system_prompt(loaded: LoadedModel, system: str) -> LoadedModel:
+    """The model with its chat template's system message replaced (ChatML templates only)."""
+    import dataclasses
+
+    head, sep, rest = loaded.template.partition("<|im_start|>system\n")
+    if not sep:
+        raise InputError(f"model {loaded.name}: its chat template has no system message to set")
+    _, end, tail = rest.partition("<|im_end|>")
+    return dataclasses.replace(loaded, template=f"{head}{sep}{system}{end}{tail}")

@@ -65,6 +65,14 @@ def infer(
             "--max-pixels", min=1, help="Qwen2.5-VL: largest image area in pixels (fewer visual tokens)."
         ),
     ] = None,
+    messages: Annotated[
+        Path | None,
+        typer.Option(
+            "--messages",
+            help="Qwen2.5-VL: a JSON message list (or a list of them) in Qwen's chat format; its images "
+            "and videos are read by qwen-vl-utils with each item's own settings.",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
     out_file: Annotated[
@@ -79,13 +87,21 @@ def infer(
 
     if batch is not None and (question is not None or image or video):
         raise UsageError("use either --batch FILE or --question/--image/--video, not both")
-    if batch is None and question is None:
-        raise UsageError("give --question (with --image or --video) or --batch FILE")
+    if messages is not None and (batch is not None or question is not None or image or video):
+        raise UsageError("--messages FILE carries its own questions and media: give it alone")
+    if batch is None and question is None and messages is None:
+        raise UsageError("give --question (with --image or --video), --batch FILE or --messages FILE")
     if out_file is not None:
         check_writable(out_file)
     quiet_transformers()
     items: list[Any]
-    if batch is not None:
+    conversations = None
+    if messages is not None:
+        from duet_cli.qwen_messages import load_conversations
+
+        conversations = load_conversations(messages)
+        items = conversations
+    elif batch is not None:
         items = list(read_batch(batch))
     elif video:
         items = [(question or "", list(image or []), list(video))]
@@ -107,24 +123,24 @@ def infer(
     waiting = err.status("running", spinner="dots") if single else contextlib.nullcontext()
     with progress, waiting:
         task = progress.add_task("answering", total=len(items))
-        report = api.infer(
-            model,
-            profile,
-            items,
-            dtype=dtype,
-            device=device,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            batch_size=batch_size,
-            frames=frames,
-            seed=seed,
-            on_batch=lambda n: progress.advance(task, n),
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-        )
+        common: dict[str, Any] = {
+            "dtype": dtype,
+            "device": device,
+            "batch_size": batch_size,
+            "seed": seed,
+            "on_batch": lambda n: progress.advance(task, n),
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams,
+            "do_sample": do_sample,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if conversations is not None:
+            report = api.infer_messages(model, profile, conversations, **common)
+        else:
+            report = api.infer(
+                model, profile, items, frames=frames, min_pixels=min_pixels, max_pixels=max_pixels, **common
+            )
     numbers = infer_numbers(report.trace)
     results: list[dict[str, Any]] = [
         {"id": i, "question": q, "images": imgs, "answer": a}
