@@ -38,11 +38,12 @@ Measured on this 2-core CPU, one thread per job with another job on the other co
 step (about 1 hour for 1,100 steps), decoder 2.2-2.7 s per step under pdrop-192 (80 minutes for 1,800
 steps). Model: 20.3 MB in bf16.
 
-Result of that run (2026-11-24): the tower learned its targets (per-patch colour CE 0.002, shape 0.14,
-glyph 0.09 at step 1,100; CLS attention on object patches 0.99999), but the decoder did not learn to read the image:
-on the first 300 synth test questions, baseline 33.7% (read 8%, exist 50% = chance, attribute 30%,
-relation 36%, count 46%, choice 32%), random-64 33.7%, visionzip-64 33.3%; its training loss sat at
-about 0.8 per answer token from step ~200 to 1,800, and its answers are the per-question-type priors.
+Result of that run (2026-11-24): the tower learned its targets (at step 1,100 per-patch colour CE
+0.002, shape 0.14, glyph 0.09; CLS attention on object patches 0.99999), but the decoder did not learn
+to read the image: on the first 300 synth test questions, baseline 33.7% (read 8%, exist 50% = chance,
+attribute 30%, relation 36%, count 46%, choice 32%), random-64 33.7%, visionzip-64 33.3%; its training
+loss sat at about 0.8 per answer token from step ~200 to 1,800: its answers are the per-question-type
+priors.
 A 300-step baseline run with the projector's output scaled down 200x (visual tokens at the text
 embeddings' scale) plateaued the same way (35% on 120 questions), so that is not the cause. Next
 levers: a curriculum that makes grounding learnable first (one or two objects, questions answered by
