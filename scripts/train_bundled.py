@@ -45,7 +45,9 @@ attribute 30%, relation 36%, count 46%, choice 32%), random-64 33.7%, visionzip-
 loss sat at about 0.8 per answer token from step ~200 to 1,800: its answers are the per-question-type
 priors.
 A 300-step baseline run with the projector's output scaled down 200x (visual tokens at the text
-embeddings' scale) plateaued the same way (35% on 120 questions), so that is not the cause. Next
+embeddings' scale) plateaued the same way (35% on 120 questions), and so did one with the projector's
+first bias set to cancel the features' mean over synth patches (their shared offset is ~40x their
+per-patch spread; 30.7% on 300 questions), so neither is the cause on its own. Next
 levers: a curriculum that makes grounding learnable first (one or two objects, questions answered by
 one salient patch), decoder training at baseline without drops (pdrop-192 keeps all tokens in only
 the first of 8 layers, and ranks with an untrained model), a lower learning rate, and many more steps.
