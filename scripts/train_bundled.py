@@ -46,7 +46,7 @@ loss sat at about 0.8 per answer token from step ~200 to 1,800: its answers are 
 priors.
 A 300-step baseline run with the projector's output scaled down 200x (visual tokens at the text
 embeddings' scale) plateaued the same way (35% on 120 questions), and so did one with the projector's
-first bias set to cancel the features' mean over synth patches (their shared offset is ~40x their
+first bias set to cancel the features' mean over synth patches (a shared offset about 2.5x the
 per-patch spread; 30.7% on 300 questions), so neither is the cause on its own. Next
 levers: a curriculum that makes grounding learnable first (one or two objects, questions answered by
 one salient patch), decoder training at baseline without drops (pdrop-192 keeps all tokens in only
