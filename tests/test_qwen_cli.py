@@ -97,3 +97,18 @@ def test_an_image_the_processor_cannot_resize_is_one_line_naming_it(
     assert info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {wide}: ") and "aspect ratio" in lines[0], lines
+
+
+def test_eval_and_visualize_take_the_pixel_bounds(qwen: str, tmp_path: Path) -> None:
+    # at most 56 x 56 px: 4 x 4 patches -> 2 x 2 = 4 merged tokens per image
+    bounds = ["--min-pixels", "3136", "--max-pixels", "3136"]
+    out = tmp_path / "ev"
+    invoke(
+        "eval", "-m", qwen, "-B", "synth", "-p", "qwen-pdrop-50", "--limit", "2", "--out", str(out), *bounds
+    )
+    cells = {c["profile"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert cells["baseline"]["avg_visual_tokens"] == 4.0
+    png = tmp_path / "v.png"
+    args = ["-i", str(SHAPES), "-q", "what ?", "-p", "qwen-pdrop-50", "--out", str(png), "--json", *bounds]
+    doc = json.loads(invoke("visualize", "-m", qwen, *args).stdout)
+    assert doc["runs"][0]["trace"]["samples"][0]["grids"] == [[2, 2]]

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from duet_cli.commands.options import DeviceOpt, DtypeOpt, FramesOpt, JsonOpt, ModelOpt, SeedOpt
+from duet_cli.commands.options import (
+    DeviceOpt,
+    DtypeOpt,
+    FramesOpt,
+    JsonOpt,
+    MaxPixelsOpt,
+    MinPixelsOpt,
+    ModelOpt,
+    SeedOpt,
+)
 from duet_cli.console import err, out, quiet_transformers
 from duet_cli.errors import UsageError
 
@@ -60,6 +69,8 @@ def eval_cmd(
     frames: FramesOpt = 8,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
+    min_pixels: MinPixelsOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -88,6 +99,7 @@ def eval_cmd(
         seed=seed,
         max_new_tokens=max_new_tokens,
         frames=frames,
+        pixel_range=(min_pixels, max_pixels),
     )
     check_writable(out_dir / "results.json")  # before any model is loaded
     quiet_transformers()

@@ -13,6 +13,8 @@ from duet_cli.commands.options import (
     DtypeOpt,
     FramesOpt,
     JsonOpt,
+    MaxPixelsOpt,
+    MinPixelsOpt,
     ModelOpt,
     ProfileOpt,
     SeedOpt,
@@ -51,20 +53,8 @@ def infer(
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
-    min_pixels: Annotated[
-        int | None,
-        typer.Option(
-            "--min-pixels",
-            min=1,
-            help="Qwen2.5-VL: smallest image area in pixels (processor default if unset).",
-        ),
-    ] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            "--max-pixels", min=1, help="Qwen2.5-VL: largest image area in pixels (fewer visual tokens)."
-        ),
-    ] = None,
+    min_pixels: MinPixelsOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     messages: Annotated[
         Path | None,
         typer.Option(

@@ -35,3 +35,15 @@ FramesOpt = Annotated[
         help="Frames sampled uniformly from each --video (default 8; Qwen2.5-VL makes a slice of every 2).",
     ),
 ]
+MinPixelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-pixels", min=1, help="Qwen2.5-VL: smallest image area in pixels (processor default if unset)."
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels", min=1, help="Qwen2.5-VL: largest image area in pixels (fewer visual tokens)."
+    ),
+]

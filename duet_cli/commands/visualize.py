@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from duet_cli.commands.options import DeviceOpt, DtypeOpt, FramesOpt, JsonOpt, ModelOpt, SeedOpt
+from duet_cli.commands.options import (
+    DeviceOpt,
+    DtypeOpt,
+    FramesOpt,
+    JsonOpt,
+    MaxPixelsOpt,
+    MinPixelsOpt,
+    ModelOpt,
+    SeedOpt,
+)
 from duet_cli.console import err, out, quiet_transformers
 from duet_cli.errors import UsageError
 
@@ -55,6 +64,8 @@ def visualize(
     ] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
+    min_pixels: MinPixelsOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -110,6 +121,8 @@ def visualize(
                     frames=frames,
                     dtype=dtype,
                     device=device,
+                    min_pixels=min_pixels,
+                    max_pixels=max_pixels,
                     seed=seed,
                     on_loaded=remember_grid,
                     max_new_tokens=max_new_tokens,

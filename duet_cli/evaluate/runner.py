@@ -35,6 +35,7 @@ class EvalConfig:
     seed: int = 0
     max_new_tokens: int = 16
     frames: int = 8  # frames sampled uniformly from each video of a video benchmark
+    pixel_range: tuple[int | None, int | None] = (None, None)  # Qwen2.5-VL --min-pixels / --max-pixels
 
 
 @dataclass
@@ -176,7 +177,10 @@ def _pending(
 def _load_model(cfg: EvalConfig, ranks: Ranks) -> Any:
     from duet_cli.runtime import load_model
 
-    return load_model(cfg.model, dtype=cfg.dtype, device=device_for(ranks, cfg.device))
+    lo, hi = cfg.pixel_range
+    return load_model(
+        cfg.model, dtype=cfg.dtype, device=device_for(ranks, cfg.device), min_pixels=lo, max_pixels=hi
+    )
 
 
 def _answer(
