@@ -1,4 +1,4 @@
-"""Rich tables for `duet profile`, built from `profiling.report_numbers` (the dict --json prints).
+"""Rich tables for `duet profile`, built from `profile_numbers.report_numbers` (the dict --json prints).
 
 Pure functions; every formatter is public so tests can check that a cell shows its JSON number.
 """

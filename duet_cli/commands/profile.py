@@ -65,6 +65,7 @@ def profile(
     """Per profile: FLOPs (papers' formula and actual), KV-cache bytes, times, speedup vs baseline."""
     from duet_cli import profiling
     from duet_cli.jsonio import to_json
+    from duet_cli.profile_numbers import report_numbers
     from duet_cli.render_profile import flops_table, ledger_table, measured_table, tokens_table
 
     if text_tokens is not None and not config_only:
@@ -113,7 +114,7 @@ def profile(
                 on_loaded=lambda total: progress.update(task, total=total, description="profiling"),
                 on_step=lambda name: progress.update(task, advance=1, description=name),
             )
-    numbers = profiling.report_numbers(report)
+    numbers = report_numbers(report)
     if json_out:
         document = {"provenance": report.provenance or None, "numbers": numbers}
         out.print(to_json(document), markup=False, highlight=False, soft_wrap=True)

@@ -47,11 +47,11 @@ class VisionTimer:
         timed = {"image": self._timed, "video": self._timed_video}
         for modality in self.modalities:
             name = method_name(modality)
-            _swap_in(self.owner, name, _with_signature_of(getattr(self.owner, name), timed[modality]))
+            swap_in(self.owner, name, _with_signature_of(getattr(self.owner, name), timed[modality]))
 
     def remove(self) -> None:
         for modality in self.modalities:
-            _swap_out(self.owner, method_name(modality))
+            swap_out(self.owner, method_name(modality))
 
     def _timed(self, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         # the caller's arguments go through untouched: each family's stock signature differs
@@ -94,14 +94,14 @@ class VisionStage1:
                 self._handles.append(attn.k_proj.register_forward_hook(self._keep("k")))
         replacements = {"image": self.get_image_features, "video": self.get_video_features}
         for modality in self.modalities:
-            _swap_in(self.owner, method_name(modality), replacements[modality])
+            swap_in(self.owner, method_name(modality), replacements[modality])
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         for modality in self.modalities:
-            _swap_out(self.owner, method_name(modality))
+            swap_out(self.owner, method_name(modality))
 
     def _keep(self, name: str) -> Any:
         """A forward hook keeping the projection the scoring layer computes anyway (no extra matmul)."""
@@ -198,12 +198,13 @@ def _with_signature_of(stock: Any, fn: Callable[..., Any]) -> Callable[..., Any]
     return wrapper
 
 
-def _swap_in(owner: nn.Module, name: str, fn: Any) -> None:
+def swap_in(owner: nn.Module, name: str, fn: Any) -> None:
+    """Replace a method on this one instance (get_<modality>_features; on Qwen also get_rope_index)."""
     if name in vars(owner):
         raise HookError(f"{name} is already replaced on this model instance (is a profile applied?)")
     object.__setattr__(owner, name, fn)
 
 
-def _swap_out(owner: nn.Module, name: str) -> None:
+def swap_out(owner: nn.Module, name: str) -> None:
     if name in vars(owner):
         object.__delattr__(owner, name)

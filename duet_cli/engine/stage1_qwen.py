@@ -29,6 +29,7 @@ from transformers.vision_utils import get_vision_window_index
 from duet_cli.engine.qwen_positions import IMAGE, KIND, VIDEO, Item, counts_per_row, per_row, rope_index
 from duet_cli.engine.qwen_vision_scores import per_unit_raster, received_attention
 from duet_cli.engine.recorder import Recorder, Stopwatch
+from duet_cli.engine.stage1 import swap_in, swap_out
 from duet_cli.engine.stage1_counts import clamped_counts, reduced_count
 from duet_cli.errors import HookError, UnsupportedSetupError
 from duet_cli.families.base import FamilyAdapter
@@ -69,9 +70,9 @@ class QwenVisionStage1:
 
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
-        _swap_in(self.owner, "get_image_features", self.get_image_features)
-        _swap_in(self.owner, "get_video_features", self.get_video_features)
-        _swap_in(self.owner, "get_rope_index", self.get_rope_index)
+        swap_in(self.owner, "get_image_features", self.get_image_features)
+        swap_in(self.owner, "get_video_features", self.get_video_features)
+        swap_in(self.owner, "get_rope_index", self.get_rope_index)
         self._handles.append(self.score_attn.register_forward_pre_hook(self._capture, with_kwargs=True))
         self._handles.append(self.owner.register_forward_pre_hook(self._capture_inputs, with_kwargs=True))
         self._handles.append(self.lm.register_forward_pre_hook(self._fix_positions, with_kwargs=True))
@@ -81,7 +82,7 @@ class QwenVisionStage1:
             handle.remove()
         self._handles.clear()
         for name in ("get_image_features", "get_video_features", "get_rope_index"):
-            _swap_out(self.owner, name)
+            swap_out(self.owner, name)
 
     # -- vision ---------------------------------------------------------------------------------
     def _capture(self, module: Any, args: tuple, kwargs: dict) -> None:
@@ -317,14 +318,3 @@ def _seconds(second_per_grid_ts: Any) -> list[float]:
         return []
     values = second_per_grid_ts.tolist() if hasattr(second_per_grid_ts, "tolist") else second_per_grid_ts
     return [float(v) for v in values]
-
-
-def _swap_in(owner: nn.Module, name: str, fn: Any) -> None:
-    if name in vars(owner):
-        raise HookError(f"{name} is already replaced on this model instance (is a profile applied?)")
-    object.__setattr__(owner, name, fn)
-
-
-def _swap_out(owner: nn.Module, name: str) -> None:
-    if name in vars(owner):
-        object.__delattr__(owner, name)
