@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,3 +19,12 @@ def tiny_llava():  # type: ignore[no-untyped-def]
     from tiny import build_tiny_llava
 
     return build_tiny_llava(seed=0, depth=8)
+
+
+@pytest.fixture
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny tensors: one thread is several times faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,9 @@ from duet_cli import api, cli
 from duet_cli.errors import InputError
 from duet_cli.qwen_messages import load_conversations
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 pytest.importorskip("qwen_vl_utils")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

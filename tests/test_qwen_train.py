@@ -5,7 +5,6 @@ training forward under a keep-everything stage 2 equals the stock model's loss."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,10 @@ from duet_cli.runtime import load_model
 from duet_cli.training.plan import TrainConfig, make_plan
 from duet_cli.training.trainer import Batches, set_trainable
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # 112 x 56 px -> 8 x 4 patches -> 8 merged tokens; 84 x 84 px -> 6 x 6 patches -> 9 merged tokens
 SIZES = [(112, 56), (84, 84)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ exactly as one by one."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,15 +18,9 @@ from duet_cli.engine.session import apply_profile
 from duet_cli.runtime import LoadedModel, Prompt, build_inputs, load_model, run
 from duet_cli.video import Video
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VIDEO_ID, IMAGE_ID = 152, 151
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

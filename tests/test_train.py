@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,11 @@ from duet_cli.training.checkpoint import KILL_IN_SAVE_ENV, latest, load_weights
 from duet_cli.training.plan import TrainConfig
 from duet_cli.training.trainer import Hooks, TrainReport, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).parent / "fixtures" / "train"
 DATA = FIXTURES / "data.json"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(out: Path, data: Path = DATA, hooks: Hooks | None = None, **kw: object) -> TrainReport:
