@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_reference import reference_logits as shared_reference
 from tiny_qwen import (
     AFTER,
     BEFORE,
@@ -171,47 +172,12 @@ def test_batched_equals_one_by_one(model: Qwen2_5_VLForConditionalGeneration) ->
             assert torch.equal(single[0], batch[i])
 
 
-@torch.no_grad()
 def reference_logits(model, seq, grids, features, units, kept, starts):  # type: ignore[no-untyped-def]
-    """Last-position logits of ONE unpadded sequence, from scratch over fixed kept tokens. Positions:
-    the stock get_rope_index on the same prompt with every image placeholder (full grid), gathered at
-    the merge units stage 1 kept (`units`, per image) and at the text tokens."""
-    lm = model.model.language_model
-    full_seq: list[int] = []
-    columns: list[int] = []  # column of the full prompt each token of `seq` sits at
-    images = iter(zip(grids, units))
-    i = 0
-    while i < len(seq):
-        if seq[i] != IMAGE_ID:
-            columns.append(len(full_seq))
-            full_seq.append(seq[i])
-            i += 1
-            continue
-        grid, image_units = next(images)
-        while i < len(seq) and seq[i] == IMAGE_ID:
-            i += 1
-        columns += [len(full_seq) + u for u in image_units]
-        full_seq += [IMAGE_ID] * merged_tokens(grid)
-    full_ids = torch.tensor([full_seq])
-    pos_full, _ = model.model.get_rope_index(
-        full_ids, mm_token_type_ids=(full_ids == IMAGE_ID).int(), image_grid_thw=torch.tensor(grids)
-    )
-    pos3 = pos_full[:, :, columns]
-    ids = torch.tensor([seq])
-    h = lm.embed_tokens(ids)
-    visual = ids[0] == IMAGE_ID
-    h[0, visual] = features.to(h.dtype)
-    vis_index = torch.cumsum(visual.long(), 0) - 1
-    cols = list(range(len(seq)))
-    for layer_index, layer in enumerate(lm.layers):
-        if layer_index in starts[1:]:
-            keep_vis = set(kept[starts.index(layer_index) - 1])
-            keep = [j for j, c in enumerate(cols) if not visual[c] or int(vis_index[c]) in keep_vis]
-            h, cols = h[:, keep], [cols[j] for j in keep]
-        n = len(cols)
-        mask = torch.full((n, n), float("-inf")).triu(1).view(1, 1, n, n)
-        h = layer(h, attention_mask=mask, position_embeddings=lm.rotary_emb(h, pos3[:, :, cols]))
-    logits = model.lm_head(lm.norm(h))[0, -1]
+    """The shared cache-free reference (tests/qwen_reference.py) on an image-only sequence, with the
+    suppressed ids masked as generate() masks them."""
+    types = [1 if t == IMAGE_ID else 0 for t in seq]
+    items = [(1, tuple(g), u, 1.0) for g, u in zip(grids, units)]
+    logits = shared_reference(model, seq, types, items, features, kept, starts)
     logits[SUPPRESSED] = float("-inf")
     return logits
 
