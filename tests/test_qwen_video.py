@@ -22,7 +22,6 @@ from duet_cli.video import Video
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     folder = save_tiny_qwen(str(tmp_path_factory.mktemp("tiny-qwen")))
