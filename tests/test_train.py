@@ -176,6 +176,33 @@ def test_synth_source_matches_the_benchmark_stream() -> None:
         assert conv.turns == turns and conv.image().tobytes() == image.tobytes()
 
 
+def test_a_library_source_trains_like_the_same_records_from_json(tmp_path: Path) -> None:
+    """`train(cfg, source=...)`: the JSON file's conversations handed over as a plain list train to the
+    same weights as `--data FILE` (same order, same batches), and cfg.data is not opened."""
+    from duet_cli.media import load_image
+    from duet_cli.training.data import Conversation
+
+    records = json.loads(DATA.read_text())
+    convs = []
+    for r in records:
+        turns = r["conversations"]
+        values = [t["value"].replace("<image>", "").strip() for t in turns]
+        pairs = [(values[k], values[k + 1]) for k in range(0, len(values), 2)]
+        path = FIXTURES / r["image"]
+        convs.append(Conversation(r["id"], pairs, lambda p=path: load_image(p)))
+
+    class Listed(list):  # type: ignore[type-arg]
+        name = "listed"
+
+    args = dict(profile="duet-64", max_steps=2, batch_size=2, lr=1e-3, seed=5)
+    run(tmp_path / "json", **args)  # type: ignore[arg-type]
+    cfg = TrainConfig(data="/nonexistent.json", out=tmp_path / "listed", device="cpu", **args)  # type: ignore[arg-type]
+    assert train(cfg, source=Listed(convs)) is not None
+    a, b = model_weights(tmp_path / "json" / "model"), model_weights(tmp_path / "listed" / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 def _one_line_error(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> str:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from duet_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from duet_cli.training.data import Source
 
 PARTS = ("vision", "projector", "llm")
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -133,19 +136,23 @@ def check_resume(stored: dict[str, Any], current: dict[str, Any], folder: Path) 
         )
 
 
-def make_plan(cfg: TrainConfig) -> Plan:
-    """Run every check that needs no weights; raise one DuetError on the first failure."""
+def make_plan(cfg: TrainConfig, source: Source | None = None) -> Plan:
+    """Run every check that needs no weights; raise one DuetError on the first failure. `source`, when
+    given, replaces `cfg.data` (library use: any indexable collection of `Conversation`s)."""
     from duet_cli.catalog import default_model, dims_for
     from duet_cli.jsonio import check_writable
     from duet_cli.profiles import load_profile, resolve_profile
     from duet_cli.training import checkpoint
-    from duet_cli.training.data import open_source
+    from duet_cli.training.data import Problems, open_source
 
     _check_options(cfg)
     check_writable(cfg.out / "report.json")
     profile = load_profile(cfg.profile)
     resolved = resolve_profile(profile, dims_for(cfg.model or default_model()))
-    source, problems = open_source(cfg.data, cfg.image_folder, strict=cfg.strict, limit=cfg.limit)
+    if source is None:
+        source, problems = open_source(cfg.data, cfg.image_folder, strict=cfg.strict, limit=cfg.limit)
+    else:
+        problems = Problems()
     warnings = []
     if problems.malformed:
         warnings.append(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from duet_cli.errors import InputError
 from duet_cli.training import checkpoint
 from duet_cli.training.collate import Order, collate, encode
 from duet_cli.training.plan import SCHEDULES, Plan, TrainConfig, check_resume, make_plan, settings
+
+if TYPE_CHECKING:
+    from duet_cli.training.data import Source
 
 
 @dataclass
@@ -191,10 +194,11 @@ def _image(conv: Any) -> Any:
         raise InputError(f"sample {conv.id}: {exc}") from None
 
 
-def train(cfg: TrainConfig, hooks: Hooks | None = None) -> TrainReport | None:
-    """Run (or resume) training; returns the report on the main rank, None on the others."""
+def train(cfg: TrainConfig, hooks: Hooks | None = None, source: Source | None = None) -> TrainReport | None:
+    """Run (or resume) training; returns the report on the main rank, None on the others. `source`
+    (library use) replaces `cfg.data`: an indexable collection of `Conversation`s, e.g. generated ones."""
     hooks = hooks or Hooks()
-    plan = make_plan(cfg)  # every check that needs no weights
+    plan = make_plan(cfg, source)  # every check that needs no weights
     accelerator = _accelerator(cfg)
     main = accelerator.is_main_process
     for text in plan.warnings if main else []:
