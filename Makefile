@@ -19,7 +19,7 @@ $(BIN)/duet: pyproject.toml
 setup: $(BIN)/duet
 
 demo: setup
-	$(BIN)/duet infer --image examples/shapes.png --question "What color is the circle?"
+	$(BIN)/duet infer --image examples/scene.png --question "What colors are in the image?"
 
 lint: setup
 	$(BIN)/ruff check duet_cli tests

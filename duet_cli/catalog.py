@@ -24,7 +24,7 @@ from duet_cli.dims import ModelDims, dims_from_config
 from duet_cli.errors import ModelNotFoundError
 from duet_cli.resources import models_dir
 
-DEFAULT_MODEL = "tiny-llava"  # the bundled model every command uses when no -m is given
+DEFAULT_MODEL = "synth-llava"  # the bundled trained model every command uses when no -m is given
 MODEL_ENV = "DUET_MODEL"  # overrides the default model (a catalog name, a folder or a hub id)
 
 

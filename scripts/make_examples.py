@@ -1,4 +1,5 @@
-"""Write the deterministic example images used by the README quickstart into `examples/`.
+"""Write the deterministic example images used by the README quickstart into `examples/`: shapes.png and
+grid.png drawn here, scene.png a synth test scene (the kind of image the bundled synth-llava reads).
 
 Run from the repository root:  python scripts/make_examples.py [--out examples]
 Glyphs come from a built-in 5x7 bitmap font, so the PNGs are byte-identical on every Pillow version.
@@ -76,6 +77,17 @@ def grid() -> Image.Image:
     return image
 
 
+def scene() -> Image.Image:
+    """Scene 1 of the synth test split (never trained on), what the bundled synth-llava reads."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from duet_cli.benchmarks.synth import scene_for
+    from duet_cli.benchmarks.synth_scene import render
+
+    return render(scene_for("test", 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,7 +95,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "examples")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, image in (("shapes.png", shapes()), ("grid.png", grid())):
+    for name, image in (("shapes.png", shapes()), ("grid.png", grid()), ("scene.png", scene())):
         path = args.out / name
         image.save(path, format="PNG", optimize=True)
         print(f"wrote {path} ({path.stat().st_size} bytes)")

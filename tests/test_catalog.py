@@ -38,7 +38,8 @@ def test_every_card_loads_with_architecture_keys() -> None:
             assert set(keys) <= set(card.architecture[part]), (card.name, part)
         text = card.architecture["text"]
         assert text["hidden_size"] == text["num_heads"] * text["head_dim"], card.name
-    assert get_card(DEFAULT_MODEL).untrained
+    assert get_card("tiny-llava").untrained
+    assert not get_card(DEFAULT_MODEL).untrained  # the bundled trained synth-llava
     assert get_card(DEFAULT_MODEL).path is not None
     assert not get_card("llava-1.5-7b").untrained
 

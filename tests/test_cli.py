@@ -388,7 +388,7 @@ BAD_INPUT: list[tuple[str, list[str], int, list[str], bool]] = [
     ("truncated-png", ["-i", "truncated.png", "-q", "hi"], 1, ["truncated", "truncated.png"], False),
     ("text-as-png", ["-i", "notes.png", "-q", "hi"], 1, ["not a recognized image", "notes.png"], False),
     ("directory-image", ["-i", "folder.png", "-q", "hi"], 1, ["directory", "folder.png"], False),
-    ("unknown-model", [*ASK, "-m", "tiny-lava"], 1, ["'tiny-lava'", "Did you mean: tiny-llava?"], True),
+    ("unknown-model", [*ASK, "-m", "tiny-lava"], 1, ["'tiny-lava'", "Did you mean: tiny-llava"], True),
     (
         "hub-id-offline",
         [*ASK, "-m", "duet-test/not-a-real-model"],
