@@ -41,21 +41,23 @@ appended to WORK/<profile>/eval as they are made).
 
 Command (repo root; set the thread count yourself, the script does not):
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_speedup.py --model START --steps 300 --batch-size 8
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speedup.py --model START --data synth-dense \
+        --steps 200 --batch-size 8 --eval-limit 300
     # smoke test (the bundled tiny-llava is untrained: accuracies are ~0), about 15 seconds:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speedup.py --steps 3 --batch-size 2 \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speedup.py --steps 3 --batch-size 2 \
         --eval-limit 12 --work /tmp/ts-smoke --out-json /tmp/ts-smoke/result.json
 
 START is a model folder whose vision tower and projector are already trained; the default,
-models/tiny-llava, is untrained and only proves that the script runs. Cost, estimated (not measured at
-full size): at the bundled recipe's model size (scripts/train_bundled.py: 5.6 s per baseline step at
-batch 8, 2-core CPU) 300 steps take about 28 minutes at baseline and a third to a half of that per duet
-profile, plus a few minutes of evaluation per trained model.
+models/tiny-llava, is untrained and only proves that the script runs. The README's table starts from
+the bundled recipe's first decoder phase (scripts/train_bundled.py: WORK/llm1/model, 250 steps with
+visionzip-64, the point where its decoder has started to use the image) and fine-tunes on
+`synth-dense`, the recipe's own conversations (`--data synth`: the six benchmark questions per image
+only; from llm1 those runs stay at the answer priors, about 32%, in 200 steps).
 
-Options: --model (models/tiny-llava), --profiles (baseline,duet-192,duet-64), --steps (300),
---batch-size (8), --lr (1e-3), --warmup-steps (30), --train (projector,llm), --seed (0),
---eval-limit (1000: the whole synth test split), --eval-batch-size (8), --work (runs/train_speedup),
---out-json (benchmarks/results/train_speedup.json), --device (cpu).
+Options: --model (models/tiny-llava), --data (synth | synth-dense), --profiles (baseline,duet-192,
+duet-64), --steps (300), --batch-size (8), --lr (1e-3), --warmup-steps (30), --train (projector,llm),
+--seed (0), --eval-limit (1000: the whole synth test split), --eval-batch-size (8),
+--work (runs/train_speedup), --out-json (benchmarks/results/train_speedup.json), --device (cpu).
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ DEFAULT_PROFILES = "baseline,duet-192,duet-64"
 GOAL_PROFILE, GOAL_SPEEDUP, GOAL_MAX_LOSS = "duet-192", 1.45, 1.0
 RUN_FILE = "run.json"  # written last: its presence means the run finished
 # run.json must agree on these to be reused (everything that changes what training does)
-SETTING_KEYS = ("model", "profile", "steps", "batch_size", "lr", "warmup_steps", "train", "seed", "device")
+SETTING_KEYS = (
+    "model", "data", "profile", "steps", "batch_size", "lr", "warmup_steps", "train", "seed", "device",
+)  # fmt: skip
 
 out = Console(width=200)  # results
 err = Console(stderr=True, width=200)  # status and errors
@@ -110,6 +114,7 @@ def model_spec(text: str) -> str:
 def settings_for(args: argparse.Namespace, profile: str) -> dict[str, Any]:
     return {
         "model": model_spec(args.model),
+        "data": args.data,
         "profile": profile,
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -119,6 +124,17 @@ def settings_for(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         "seed": args.seed,
         "device": args.device,
     }
+
+
+def training_source(data: str) -> Any:
+    """None for `synth` (the trainer opens it); `synth-dense`: the bundled model's conversations
+    (scripts/bundled_data.py, every turn shuffled, as in the recipe's last phase)."""
+    if data == "synth":
+        return None
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bundled_data import DenseSource
+
+    return DenseSource(lists_first=False)
 
 
 def load_avg() -> list[float] | None:
@@ -165,7 +181,7 @@ def train_run(args: argparse.Namespace, profile: str, folder: Path) -> dict[str,
         shutil.rmtree(folder)
 
     cfg = TrainConfig(
-        data="synth",
+        data=args.data,
         out=folder,
         model=wanted["model"],
         profile=profile,
@@ -210,7 +226,7 @@ def train_run(args: argparse.Namespace, profile: str, folder: Path) -> dict[str,
     )
     load_before = load_avg()
     with bar:
-        report = train(cfg, hooks)
+        report = train(cfg, hooks, source=training_source(args.data))
     if report is None:  # only under a multi-rank launcher, which this script does not support
         raise UsageError("train_speedup.py runs in one process; do not start it with a launcher")
     prov = provenance(
@@ -404,6 +420,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", default="models/tiny-llava", help="starting checkpoint: folder or name")
+    parser.add_argument(
+        "--data", choices=("synth", "synth-dense"), default="synth",
+        help="synth: its six questions per image; synth-dense: the bundled model's training conversations",
+    )  # fmt: skip
     parser.add_argument("--profiles", default=DEFAULT_PROFILES, help="comma-separated; baseline is added")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps, the same for every run")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -461,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = build_rows(runs)
     title = (
-        f"{args.model}: fine-tuned on synth, {args.steps} steps x batch {args.batch_size}, "
+        f"{args.model}: fine-tuned on {args.data}, {args.steps} steps x batch {args.batch_size}, "
         f"lr {args.lr:g}, trains {'+'.join(args.train)}, {args.device}, {threads} thread(s); "
         f"synth test accuracy (%) on {args.eval_limit} records"
     )
@@ -483,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": _dt.date.today().isoformat(),
         "command": shlex.join(["python", "benchmarks/train_speedup.py", *(argv or sys.argv[1:])]),
         "settings": {k: v for k, v in settings_for(args, "*").items() if k != "profile"}
-        | {"eval_limit": args.eval_limit, "eval_batch_size": args.eval_batch_size, "data": "synth"},
+        | {"eval_limit": args.eval_limit, "eval_batch_size": args.eval_batch_size},
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": threads,
