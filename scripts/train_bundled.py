@@ -319,7 +319,7 @@ def pretrain_vision(work: Path, steps: int, batch: int, save_every: int, log: li
         sched.step()
         done = step + 1
         if done % 20 == 0 or done == steps:
-            log.append(json.dumps({"stage": "vision", "step": done, "loss": float(loss), **stats}))
+            log.append(json.dumps({"stage": "vision", "step": done, "loss": loss.item(), **stats}))
             print(log[-1], flush=True)
         if done % save_every == 0 or done == steps:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done}
