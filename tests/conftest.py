@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Commands without -m use the default model; the suite runs them on the small untrained tiny-llava
 # (fast) rather than the bundled trained synth-llava, which has its own tests (test_bundled_model.py).
-os.environ.setdefault("DUET_MODEL", "tiny-llava")
+os.environ["DUET_MODEL"] = "tiny-llava"  # not setdefault: a user's own DUET_MODEL must not leak in
 sys.path.insert(0, str(Path(__file__).parent))
 
 
