@@ -385,7 +385,7 @@ def test_cli_missing_image_fails_before_the_model(
 
 
 def test_a_multi_line_question_is_one_header_line() -> None:
-    from duet_cli.commands.visualize import header_line
+    from duet_cli.visualize.draw import header_line
 
     question = "What number is on the purple circle?\nAnswer the question using a single word or phrase."
     assert header_line(question) == (

@@ -130,19 +130,18 @@ def visualize(
             )
     first = reports[0]
     untrained = " (untrained: random weights)" if first.untrained else ""
-    title = header_line(question)
     rows = [FigureRow(r.profile.name, r.trace.samples[0], g) for r, g in zip(reports, grids)]
     if clip is not None:
         numbers_line = ", ".join(f"#{i}" for i in clip.indices)
         header = [
-            f"{first.model}{untrained} · {title}",
+            f"{first.model}{untrained} · {question}",
             f"{video}: {len(clip.indices)} of {clip.total_frames} frames ({numbers_line})",
         ]
         figure = render_video_figure(
             panel_frames(clip, first.trace.samples[0]), rows, header=header, cell=patch_px or VIDEO_CELL
         )
     else:
-        header = [f"{first.model}{untrained} · {title}", " + ".join(str(p) for p in image or [])]
+        header = [f"{first.model}{untrained} · {question}", " + ".join(str(p) for p in image or [])]
         figure = render_figure(pictures, rows, header=header, cell=patch_px or CELL)
     write_png(out_file, figure)
 
@@ -180,9 +179,3 @@ def panel_frames(clip: Any, sample: Any) -> list[Any]:
     if len(spans) == len(clip.frames):
         return list(clip.frames)
     return [clip.frames[clip.indices.index(s.source_frame)] for s in spans]
-
-
-def header_line(question: str) -> str:
-    """The question as one header line: a multi-line prompt (e.g. LLaVA's answer-format suffix on its own
-    line) would otherwise be drawn over the line below it."""
-    return " ".join(question.split())

@@ -360,10 +360,17 @@ def render_figure(
     return _assemble([_row_image(images, r, cell, used) for r in rows], used, header)
 
 
+def header_line(text: str) -> str:
+    """One drawn header line: a multi-line text (e.g. a question with LLaVA's answer-format suffix on its
+    own line) would otherwise be drawn over the line below it."""
+    return " ".join(text.split())
+
+
 def _assemble(row_imgs: Sequence[Image.Image], used: Used, header: Sequence[str]) -> Image.Image:
     """Header lines, the profile rows stacked, and the legend of every colour the rows used."""
     width = max(max(r.width for r in row_imgs), 720)
     legend = _legend_image(used, width)
+    header = [header_line(text) for text in header]
     head_h = LINE_H * len(header) + (8 if header else 0)
     height = head_h + sum(r.height for r in row_imgs) + GAP_ROW * len(row_imgs) + legend.height
     fig = Image.new("RGB", (width + 2 * PAD, height + 2 * PAD), BACKGROUND)
