@@ -12,13 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bundled_data import lists
 
 from duet_cli import api
 from duet_cli.benchmarks.synth import scene_for
-from duet_cli.benchmarks.synth_scene import COLORS, SHAPES, render
+from duet_cli.benchmarks.synth_scene import render
 from duet_cli.engine.session import apply_profile
 from duet_cli.profiles import load_profile
 
@@ -35,14 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     scenes = [scene_for("test", i) for i in range(args.images)]
     images = [render(s) for s in scenes]
-    truth = {
-        "What colors are in the image?": [
-            " ".join(c for c in COLORS if c in {o.color for o in s.objects}) for s in scenes
-        ],
-        "What shapes are in the image?": [
-            " ".join(x for x in SHAPES if x in {o.shape for o in s.objects}) for s in scenes
-        ],
-    }
+    truth: dict[str, list[str]] = {}
+    for scene in scenes:  # the questions and answers exactly as the recipe trained them
+        for _, question, answer in lists(scene):
+            truth.setdefault(question, []).append(answer)
     loaded = api.load_model(args.model, dtype="float32")
     scores: dict[str, dict[str, float]] = {}
     for name in PROFILES:
