@@ -467,7 +467,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps of every stage, then estimates")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--vision-steps", type=int, help=f"default {FULL['vision_steps']}")
-    parser.add_argument("--llm-profile", help="profile of the second decoder phase (default baseline)")
+    parser.add_argument(
+        "--llm-profile", help="profile of the baseline decoder phases llm2 and llm3 (default baseline)"
+    )
     args = parser.parse_args()
     work: Path = args.work
     plan = dict(SMOKE if args.smoke else FULL)
