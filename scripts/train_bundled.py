@@ -436,7 +436,8 @@ def train_llm(
             row = {"stage": "llm", "step": info.step, "loss": info.loss, "lr": info.lr}
             print(json.dumps(row), flush=True)
 
-    model, per_step = work / "init", dict[str, float]()
+    model = work / "init"
+    per_step: dict[str, float] = {}
     for phase in phases:
         out = work / phase["name"]
         steps = 3 if smoke else phase["steps"]
@@ -459,10 +460,9 @@ def train_llm(
 # --- 5. export ----------------------------------------------------------------------------------------
 
 
-def export(work: Path) -> None:
+def export(work: Path, src: Path) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    src = work / llm_phases()[-1]["name"] / "model"
     model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.bfloat16)
     out, tmp = work / "model", work / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -499,13 +499,14 @@ def main() -> None:
     vision_s = pretrain_vision(work, plan["vision_steps"], plan["vision_batch"], args.save_every, log)
     if not (work / "init").is_dir():
         assemble(work)
-    llm_s = train_llm(work, plan["llm_batch"], args.save_every, args.smoke, llm_phases(args.llm_profile))
-    export(work)
+    phases = llm_phases(args.llm_profile)
+    llm_s = train_llm(work, plan["llm_batch"], args.save_every, args.smoke, phases)
+    export(work, work / phases[-1]["name"] / "model")
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
     if args.smoke:
         v_min = vision_s * FULL["vision_steps"] / 60
-        llm_steps = sum(p["steps"] for p in llm_phases())
-        l_min = sum(llm_s.get(p["name"], math.nan) * p["steps"] for p in llm_phases()) / 60
+        llm_steps = sum(p["steps"] for p in phases)
+        l_min = sum(llm_s.get(p["name"], math.nan) * p["steps"] for p in phases) / 60
         rates = ", ".join(f"{name} {s:.2f}" for name, s in llm_s.items())
         print(
             f"estimate: vision {vision_s:.2f} s/step x {FULL['vision_steps']} = {v_min:.0f} min; "
