@@ -64,6 +64,7 @@ from transformers import (  # noqa: E402
     LlavaForConditionalGeneration,
 )
 
+from duet_cli.compat import cache_arg, output_cache  # noqa: E402
 from duet_cli.engine.session import apply_profile  # noqa: E402
 from duet_cli.families import get_adapter  # noqa: E402
 from duet_cli.flops import Architecture, kv_cache_bytes, tokens_per_layer  # noqa: E402
@@ -202,7 +203,7 @@ def run_profile(
         total = time.perf_counter() - t0
         rec = session.recorder
         sink["finite"] = bool(torch.isfinite(out.logits).all())
-        cache = out.past_key_values
+        cache = output_cache(out)
         sink["kv_bytes"] = sum(
             (layer.keys.numel() + layer.values.numel()) * layer.keys.element_size() for layer in cache.layers
         )
@@ -226,7 +227,7 @@ def run_floor(model: Any, seg_lengths: list[tuple[int, int]], hidden: torch.Tens
                 h,
                 attention_mask=None,
                 position_ids=pos,
-                past_key_values=cache,
+                **cache_arg(cache),
                 use_cache=True,
                 position_embeddings=rope,
             )

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from duet_cli.compat import cache_from
 from duet_cli.trace import ImageSelection
 
 
@@ -80,7 +81,7 @@ class LanguageModelTimer:
         self._handles.clear()
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        past = kwargs.get("past_key_values")
+        past = cache_from(kwargs)
         self._prefill = past is None or past.get_seq_length() == 0
         embeds = kwargs.get("inputs_embeds")
         self._watch = Stopwatch(embeds.device if embeds is not None else None)

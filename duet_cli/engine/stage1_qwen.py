@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
+from duet_cli.compat import cache_from
 from duet_cli.engine.qwen_positions import IMAGE, KIND, VIDEO, Item, counts_per_row, per_row, rope_index
 from duet_cli.engine.qwen_vision_scores import per_unit_raster, received_attention
 from duet_cli.engine.recorder import Recorder, Stopwatch
@@ -276,7 +277,7 @@ class QwenVisionStage1:
 
         Every prefill uses up the selections: the next generate() asks for positions before its own
         tower call, and must get provisional ones rather than the previous prompt's."""
-        past = kwargs.get("past_key_values")
+        past = cache_from(kwargs)
         if past is not None and past.get_seq_length() > 0:
             return None
         try:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache
-from transformers.masking_utils import create_causal_mask
 
+from duet_cli.compat import cache_from, causal_mask
 from duet_cli.engine.recorder import Recorder, RowDrops
 from duet_cli.errors import HookError, UnsupportedSetupError
 from duet_cli.families.base import FamilyAdapter
@@ -116,7 +116,7 @@ class PyramidDropStage:
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             raise HookError("stage 2 expects the language model to be called with inputs_embeds")
-        past = kwargs.get("past_key_values")
+        past = cache_from(kwargs)
         if past is not None and not isinstance(past, DynamicCache):
             raise UnsupportedSetupError(
                 f"stage 2 needs a DynamicCache (per-layer lengths); got {type(past).__name__}. "
@@ -279,9 +279,7 @@ class PyramidDropStage:
         if self.mrope:  # kept tokens keep their 3-D positions
             assert prev.rope is not None
             seg.rope = gather_columns(prev.rope.permute(1, 2, 0), index_map).permute(2, 0, 1)
-        seg.kwargs = self._segment_kwargs(
-            index, new_hidden, mask2d, new_pos, kwargs.get("past_key_values"), seg.rope
-        )
+        seg.kwargs = self._segment_kwargs(index, new_hidden, mask2d, new_pos, cache_from(kwargs), seg.rope)
         if len(state.segments) > s:
             state.segments[s] = seg
         else:
@@ -338,7 +336,7 @@ class PyramidDropStage:
         state = self.state
         assert state is not None
         seg = state.segments[s]
-        past = kwargs.get("past_key_values")
+        past = cache_from(kwargs)
         b = hidden.shape[0]
         seen = past.get_seq_length(index) if past is not None else 0
         new_cols = seen + hidden.shape[1] - seg.mask2d.shape[1]
@@ -366,11 +364,11 @@ class PyramidDropStage:
         rope: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         # always an explicit 2-D mask: gapped positions (keep mode) must never be read as packed sequences
-        mask = create_causal_mask(
+        mask = causal_mask(
             config=self.lm.config,
             inputs_embeds=hidden,
             attention_mask=mask2d,
-            past_key_values=past,
+            cache=past,
             position_ids=positions,
             layer_idx=index,
         )
