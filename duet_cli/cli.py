@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -21,6 +22,48 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version_line() -> str:
+    """duet's version and the torch / transformers it runs on, read from package metadata (no imports)."""
+    from importlib import metadata
+
+    from duet_cli import __version__
+    from duet_cli.compat import TESTED_RANGE
+
+    def installed(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"duet {__version__} (torch {installed('torch')}, transformers {installed('transformers')}; "
+        f"tested with transformers{TESTED_RANGE})"
+    )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(_version_line())  # one line at any terminal width
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print duet's, torch's and transformers' versions and exit.",
+            callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Cheaper vision-language models: two-stage visual token reduction (VisionZip + PyramidDrop)."""
+
+
 app.command("infer")(infer_cmd.infer)
 app.command("eval")(eval_cmd.eval_cmd)
 app.add_typer(profiles_cmd.app, name="profiles")

@@ -121,11 +121,13 @@ def provenance(
 ) -> dict[str, Any]:
     """Where a result came from: versions, platform, UTC time, and the run's profile, model and settings."""
     from duet_cli import __version__
+    from duet_cli.compat import TESTED_RANGE
 
     return {
         "duet": __version__,
         "torch": _version("torch"),
         "transformers": _version("transformers"),
+        "transformers_tested": TESTED_RANGE,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

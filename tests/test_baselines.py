@@ -11,6 +11,8 @@ from transformers import LlavaForConditionalGeneration
 from duet_cli.engine.session import apply_profile
 from duet_cli.methods.pool.apply import pool_regions
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 
 @torch.no_grad()
 def stock_patches(model: LlavaForConditionalGeneration, px: torch.Tensor) -> torch.Tensor:

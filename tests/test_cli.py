@@ -148,6 +148,32 @@ def test_help_imports_no_torch() -> None:
     assert proc.stdout.splitlines() == ["import []", "help []"]
 
 
+def test_version_names_duet_torch_and_transformers() -> None:
+    from duet_cli import __version__
+    from duet_cli.compat import TESTED_RANGE
+
+    result = invoke(["--version"])
+    assert result.exit_code == 0
+    assert lines_of(result.stdout) == [
+        f"duet {__version__} (torch {metadata.version('torch')}, transformers "
+        f"{metadata.version('transformers')}; tested with transformers{TESTED_RANGE})"
+    ]
+
+
+def test_untested_transformers_warns_once_and_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duet_cli import compat, console
+
+    monkeypatch.setattr(compat, "installed_version", lambda: "5.99.0")
+    monkeypatch.setattr(console, "_version_checked", False)
+    result = infer_ok(["-i", str(SHAPES), "-q", "What is shown?", "--json"])
+    warning = (
+        f"warning: transformers 5.99.0 is outside duet's tested range ({compat.TESTED_RANGE}); results may "
+        "be wrong. Reinstall with the project's constraints.txt to get the tested set"
+    )
+    assert lines_of(result.stderr) == [warning]
+    assert json.loads(result.stdout)["provenance"]["transformers_tested"] == compat.TESTED_RANGE
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. infer end to end on tiny-llava, 4. --out
 

@@ -14,6 +14,8 @@ from transformers.models.llava import modeling_llava
 from duet_cli.engine.session import apply_profile
 from duet_cli.errors import HookError
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 GEN = {"max_new_tokens": 8, "do_sample": False}
 
 

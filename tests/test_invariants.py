@@ -16,6 +16,8 @@ from transformers import LlavaForConditionalGeneration
 from duet_cli.engine.session import apply_profile
 from duet_cli.runtime import Prompt, assemble_trace
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 STEPS = 6
 
 

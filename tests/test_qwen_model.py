@@ -25,6 +25,8 @@ from duet_cli.errors import UnsupportedSetupError
 from duet_cli.families import get_adapter
 from duet_cli.profiles import load_profile, parse_profile, resolve_profile
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 GEN = {"max_new_tokens": 4, "do_sample": False}
 STARTS = [0, 4, 6]  # at_depth [0.5, 0.75] on depth 8
 

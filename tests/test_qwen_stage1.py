@@ -28,6 +28,8 @@ from duet_cli.engine.session import apply_profile
 from duet_cli.engine.stage1_counts import clamped_counts, reduced_count
 from duet_cli.profiles import load_profile
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 GEN = {"max_new_tokens": 4, "do_sample": False}
 GRIDS: list[list[tuple[int, int, int]]] = [[(1, 8, 12)], [(1, 12, 8)], [(1, 8, 8), (1, 4, 8)]]
 

@@ -19,7 +19,10 @@ from duet_cli.engine.session import apply_profile
 from duet_cli.runtime import LoadedModel, Prompt, build_inputs, load_model, run
 from duet_cli.video import Video
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.invariant,
+]  # invariant: see make check-oldest
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from transformers import LlavaForConditionalGeneration
 
 from duet_cli.engine.session import apply_profile
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 
 @pytest.fixture(scope="module")
 def eager_twin(tiny_llava: LlavaForConditionalGeneration) -> LlavaForConditionalGeneration:

@@ -12,6 +12,8 @@ from transformers import LlavaForConditionalGeneration
 from duet_cli.engine.session import apply_profile
 from duet_cli.engine.training import IGNORE, instruction_queries, reduced_loss
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 ANSWER = 3  # the last 3 tokens of each prompt play the answer
 
 

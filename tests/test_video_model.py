@@ -31,6 +31,8 @@ from duet_cli.errors import HookError
 from duet_cli.runtime import Prompt, assemble_trace
 from duet_cli.video import Video
 
+pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
+
 GEN = {"max_new_tokens": 4, "do_sample": False}
 FRAMES = 4  # reduced-token tests: 4 frames; the arithmetic test uses 8
 STOCK_FRAMES = 2  # tests on the unreduced 257 tokens per frame: 2 frames (514 tokens) keep them short

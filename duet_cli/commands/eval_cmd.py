@@ -17,7 +17,7 @@ from duet_cli.commands.options import (
     ModelOpt,
     SeedOpt,
 )
-from duet_cli.console import err, out, quiet_transformers
+from duet_cli.console import err, out, prepare_transformers
 from duet_cli.errors import UsageError
 
 
@@ -102,7 +102,7 @@ def eval_cmd(
         pixel_range=(min_pixels, max_pixels),
     )
     check_writable(out_dir / "results.json")  # before any model is loaded
-    quiet_transformers()
+    prepare_transformers()
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

@@ -19,7 +19,7 @@ from duet_cli.commands.options import (
     ProfileOpt,
     SeedOpt,
 )
-from duet_cli.console import err, out, quiet_transformers
+from duet_cli.console import err, out, prepare_transformers
 from duet_cli.errors import UsageError
 
 
@@ -83,7 +83,7 @@ def infer(
         raise UsageError("give --question (with --image or --video), --batch FILE or --messages FILE")
     if out_file is not None:
         check_writable(out_file)
-    quiet_transformers()
+    prepare_transformers()
     items: list[Any]
     conversations = None
     if messages is not None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from duet_cli.commands.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SeedOpt
-from duet_cli.console import err, out, quiet_transformers
+from duet_cli.console import err, out, prepare_transformers
 from duet_cli.errors import UsageError
 
 ProfilesOpt = Annotated[
@@ -83,7 +83,7 @@ def profile(
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        quiet_transformers()
+        prepare_transformers()
         if not names:
             from duet_cli.catalog import default_model, get_card, list_cards
 

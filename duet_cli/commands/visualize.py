@@ -18,7 +18,7 @@ from duet_cli.commands.options import (
     ModelOpt,
     SeedOpt,
 )
-from duet_cli.console import err, out, quiet_transformers
+from duet_cli.console import err, out, prepare_transformers
 from duet_cli.errors import UsageError
 
 ProfilesOpt = Annotated[
@@ -101,7 +101,7 @@ def visualize(
     for name in names:
         if name is not None:
             api.load_profile(name)
-    quiet_transformers()
+    prepare_transformers()
 
     grids: list[tuple[int, int]] = []
     shared: list[Any] = []  # the model, loaded once for every profile

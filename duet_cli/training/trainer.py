@@ -216,11 +216,11 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, source: Source | None = 
         assert plan.resume_from is not None
         check_resume(plan.resume_state["settings"], run, plan.resume_from)
 
-    from duet_cli.console import quiet_transformers
+    from duet_cli.console import prepare_transformers
     from duet_cli.engine.session import apply_profile
     from duet_cli.runtime import load_model
 
-    quiet_transformers()
+    prepare_transformers()
     hooks.describe("loading model")
     dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
     loaded = load_model(cfg.model, dtype=dtype, device=str(accelerator.device))
