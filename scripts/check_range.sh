@@ -49,7 +49,7 @@ latest)
 esac
 
 set +e
-"$py" -m pytest -m invariant -q -p no:cacheprovider --tb=line --junitxml="$report"
+"$py" -m pytest -m invariant -p no:cacheprovider --tb=line --junitxml="$report"
 status=$?
 set -e
 "$py" scripts/range_report.py summary "$report" "$LOCK" "$mode"
