@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from duet_cli import userfiles
+from duet_cli.bounded import show
 from duet_cli.errors import InputError
 
 
@@ -71,6 +73,8 @@ def _parse_record(obj: Any, base: Path, where: str) -> tuple[list[Path], str, st
     for s in raw:
         if not s.strip():
             raise InputError(f"{where}: empty image path")
+        if "\0" in s:
+            raise InputError(f"{where}: image path {show(s)} contains a NUL character")
         p = Path(s).expanduser()
         images.append(p if p.is_absolute() else base / p)
 
@@ -86,16 +90,9 @@ def read_batch(path: str | os.PathLike[str]) -> list[BatchItem]:
     """Parse a JSONL batch file; blank lines are skipped, an empty file is an error."""
     src = Path(path)
     name = str(path)
-    if not src.exists():
-        raise InputError(f"{name}: batch file not found")
     if src.is_dir():
         raise InputError(f"{name}: is a folder, not a JSONL file")
-    try:
-        text = src.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{name}: not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    text = userfiles.read_text(src, "batch file", userfiles.JSON_BYTES)
 
     base = src.absolute().parent
     items: list[BatchItem] = []
@@ -109,11 +106,13 @@ def read_batch(path: str | os.PathLike[str]) -> list[BatchItem]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply") from None
         images, question, ident = _parse_record(obj, base, where)
         if ident is not None:
             if ident in first_line_of_id:
                 raise InputError(
-                    f'{where}: duplicate "id" {ident!r} (first on line {first_line_of_id[ident]})'
+                    f'{where}: duplicate "id" {show(ident)} (first on line {first_line_of_id[ident]})'
                 )
             first_line_of_id[ident] = lineno
         items.append(BatchItem(images=images, question=question, line=lineno, id=ident))

@@ -18,11 +18,11 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
+from duet_cli import yamlfile
 from duet_cli.dims import ModelDims, dims_from_config
 from duet_cli.errors import ModelNotFoundError
 from duet_cli.resources import models_dir
+from duet_cli.userfiles import PROFILE_BYTES
 
 DEFAULT_MODEL = "synth-llava"  # the bundled trained model every command uses when no -m is given
 MODEL_ENV = "DUET_MODEL"  # overrides the default model (a catalog name, a folder or a hub id)
@@ -93,10 +93,7 @@ class ResolvedModel:
 
 
 def _parse_card(file: Path, root: Path) -> ModelCard:
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelNotFoundError(f"model card {file} cannot be read: {exc}".replace("\n", " ")) from exc
+    data = yamlfile.load(file, f"model card {file}", "model card", PROFILE_BYTES, error=ModelNotFoundError)
     if not isinstance(data, dict):
         raise ModelNotFoundError(f"model card {file} is not a mapping")
     missing = [k for k in _CARD_KEYS if k not in data]

@@ -6,45 +6,72 @@ Images come back as fully decoded RGB (alpha composited on white, as transformer
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from duet_cli import userfiles
+from duet_cli.bounded import clip, show
 from duet_cli.errors import InputError
 
 MAX_PIXELS = 8192 * 8192  # larger headers are refused before decoding (decompression-bomb guard)
+# Processors resize first: CLIP scales the short side to 336, so a 263-byte 30000x2 PNG would become a
+# 336x5,040,000 float tensor (5 GB). 200:1 is Qwen2.5-VL's own limit (its smart_resize raises past it),
+# and on CLIP it caps the resized image at 336 x 67,200 = 22.6 M pixels, a third of MAX_PIXELS
+# (measured: +150 MB, 0.2 s); the widest real panoramas are nearer 20:1.
+MAX_ASPECT = 200
 
 
 def _open_binary(path: Path) -> BinaryIO:
-    """The one place a file is opened (closed by the caller's `with`); tests patch it to simulate EACCES."""
-    return open(path, "rb")
+    """The one place a file is read: whole and bounded (a FIFO or device refused, never blocked on),
+    closed by the caller's `with`; tests patch it to simulate EACCES."""
+    return io.BytesIO(userfiles.read_bytes(path, "image", userfiles.IMAGE_BYTES))
 
 
 def _check_file(path: Path, name: str) -> None:
+    if "\0" in name:  # os.stat would raise ValueError
+        raise InputError(f"image path {show(name)} contains a NUL character")
     try:
-        if not path.exists():
-            raise InputError(f"image not found: {name}")
         if path.is_dir():
             raise InputError(f"image path is a directory, not a file: {name}")
-        if path.stat().st_size == 0:
-            raise InputError(f"image file is empty (0 bytes): {name}")
-    except PermissionError as exc:
-        raise InputError(f"cannot read image {name}: permission denied") from exc
     except OSError as exc:
         raise InputError(f"cannot read image {name}: {exc.strerror or exc}") from exc
+    if userfiles.check_regular(path, "image", userfiles.IMAGE_BYTES) == 0:
+        raise InputError(f"image file is empty (0 bytes): {name}")
+
+
+def size_problem(size: tuple[int, int]) -> str | None:
+    """Why an image of this (width, height) is refused before it is decoded ('is too large: ...'), or None."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        return f"has an invalid size {width}x{height}"
+    if width * height > MAX_PIXELS:
+        return (
+            f"is too large: {width}x{height} = {width * height:,} pixels "
+            f"(limit {MAX_PIXELS:,}; possible decompression bomb)"
+        )
+    long, short = max(width, height), min(width, height)
+    if long > MAX_ASPECT * short:
+        return (
+            f"is {width}x{height}, an aspect ratio of {long / short:,.0f}:1 "
+            f"(limit {MAX_ASPECT}:1: resized for the model it would become a huge image)"
+        )
+    return None
 
 
 def _check_size(size: tuple[int, int], name: str) -> None:
-    width, height = size
-    if width <= 0 or height <= 0:
-        raise InputError(f"image {name} has an invalid size {width}x{height}")
-    if width * height > MAX_PIXELS:
-        raise InputError(
-            f"image {name} is too large: {width}x{height} = {width * height:,} pixels "
-            f"(limit {MAX_PIXELS:,}; possible decompression bomb)"
-        )
+    problem = size_problem(size)
+    if problem is not None:
+        raise InputError(f"image {name} {problem}")
+
+
+def check_image(image: Image.Image, name: str | None = None) -> None:
+    """Refuse an image (already open, e.g. from a dataset or an API caller) that `load_image` would
+    refuse for its size or aspect ratio; `name` defaults to the file it was loaded from."""
+    _check_size(image.size, clip(name or str(image.info.get("duet_path") or "in memory"), 200))
 
 
 def _has_alpha(image: Image.Image) -> bool:

@@ -14,13 +14,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-import yaml
-
+from duet_cli import yamlfile
+from duet_cli.bounded import MAX_ERRORS, clip, error_list
 from duet_cli.dims import ModelDims
 from duet_cli.errors import ProfileError
 from duet_cli.methods.pyramiddrop.config import Positions, Queries
 from duet_cli.methods.registry import parse_stage, show, suggest
 from duet_cli.resources import profiles_dir
+from duet_cli.userfiles import PROFILE_BYTES
 
 TOP_LEVEL_FIELDS = ("name", "description", "vision", "llm")
 
@@ -87,9 +88,10 @@ class Profile:
 
 
 def _error_message(where: str, errors: Sequence[str]) -> str:
+    """One line: every error when there are a few, else the first few and how many more."""
     if len(errors) == 1:
         return f"{where}: {errors[0]}"
-    return f"{where}: {len(errors)} errors: " + "; ".join(errors)
+    return f"{where}: {len(errors):,} errors: {error_list(errors)}"
 
 
 def parse_profile(data: object, *, where: str, default_name: str, source: Path | None = None) -> Profile:
@@ -102,7 +104,9 @@ def parse_profile(data: object, *, where: str, default_name: str, source: Path |
     errors: list[str] = []
     for key in data:
         if key not in TOP_LEVEL_FIELDS:
-            errors.append(f"{key}: unknown field{suggest(str(key), TOP_LEVEL_FIELDS)}")
+            # a suggestion only where the error line will show it (20,000 of them took seconds)
+            hint = suggest(str(key), TOP_LEVEL_FIELDS) if len(errors) < MAX_ERRORS else ""
+            errors.append(f"{clip(str(key))}: unknown field{hint}")
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         errors.append(f"name: expected a non-empty string, got {show(name)}")
@@ -131,44 +135,31 @@ def shipped_names() -> list[str]:
 
 
 def _load_file(path: Path, where: str) -> Profile:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(f"{where}: profile file not found") from None
-    except IsADirectoryError:
-        raise ProfileError(f"{where}: is a folder, not a profile file") from None
-    except UnicodeDecodeError:
-        raise ProfileError(f"{where}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise ProfileError(f"{where}: cannot read the file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        mark = exc.problem_mark or exc.context_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        if exc.problem and exc.context and exc.context_mark is not None:
-            problem += f" ({' '.join(exc.context.split())} started at line {exc.context_mark.line + 1})"
-        raise ProfileError(f"{where}: YAML syntax error{at}: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{where}: YAML error: {' '.join(str(exc).split())}") from None
+    data = yamlfile.load(path, where, "profile file", PROFILE_BYTES, error=ProfileError)
     if data is None:
         raise ProfileError(f"{where}: the profile file is empty")
     return parse_profile(data, where=where, default_name=path.stem, source=path)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for a path, or one holding a NUL: not a file
+        return False
+
+
 def load_profile(name_or_path: str) -> Profile:
     """A profile from a file path (an existing file, or anything ending .yaml/.yml) or a shipped name."""
     path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.is_file() or "/" in name_or_path:
+    if path.suffix in (".yaml", ".yml") or _is_file(path) or "/" in name_or_path:
         return _load_file(path, where=name_or_path)
     shipped = profiles_dir() / f"{name_or_path}.yaml"
-    if shipped.is_file():
+    if _is_file(shipped):
         return _load_file(shipped, where=str(shipped))
     names = shipped_names()
     close = difflib.get_close_matches(name_or_path, names, n=1)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ProfileError(f"unknown profile {name_or_path!r}.{hint} Available: {', '.join(names)}")
+    raise ProfileError(f"unknown profile {show(name_or_path)}.{hint} Available: {', '.join(names)}")
 
 
 def list_profiles() -> list[Profile]:

@@ -21,6 +21,7 @@ GiB = 1 << 30
 PROFILE_BYTES = 256 * KiB  # a shipped profile is ~1 KiB
 JSON_BYTES = 256 * MiB  # batch files, message lists, benchmark annotations, training JSON
 IMAGE_BYTES = 256 * MiB  # an encoded image (the pixel count is checked separately)
+VIDEO_BYTES = 16 * GiB  # a video file: read packet by packet, never whole (hours of HD fit)
 
 
 def _size_text(n: int) -> str:
@@ -30,7 +31,7 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a folder"
     if stat.S_ISFIFO(mode):
@@ -43,7 +44,7 @@ def _kind(mode: int) -> str:
 
 
 def _refuse(what: str, name: str, mode: int, error: type[DuetError]) -> DuetError:
-    return error(f"{what} {name} is {_kind(mode)}: give a regular file")
+    return error(f"{what} {name} is {file_kind(mode)}: give a regular file")
 
 
 def check_regular(

@@ -25,6 +25,8 @@ from typing import Any
 
 from PIL import Image
 
+from duet_cli import userfiles
+from duet_cli.bounded import show
 from duet_cli.errors import InputError, UnsupportedSetupError, UsageError
 
 BACKENDS = ("auto", "pyav", "decord")
@@ -77,15 +79,15 @@ def _pick_backend(backend: str) -> str:
 
 
 def _check_file(path: Path, name: str) -> None:
+    """A regular file (a FIFO or device would block or never end inside FFmpeg), not empty, readable."""
+    if "\0" in name:  # os.stat would raise ValueError
+        raise InputError(f"video path {show(name)} contains a NUL character")
     try:
-        if not path.exists():
-            raise InputError(f"video not found: {name}")
         if path.is_dir():
             raise InputError(f"video path is a directory, not a file: {name}")
-        if path.stat().st_size == 0:
+        if userfiles.check_regular(path, "video", userfiles.VIDEO_BYTES) == 0:
             raise InputError(f"video file is empty (0 bytes): {name}")
-        with open(path, "rb"):
-            pass
+        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))  # readable; never blocks
     except PermissionError as exc:
         raise InputError(f"cannot read video {name}: permission denied") from exc
     except OSError as exc:

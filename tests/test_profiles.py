@@ -388,6 +388,12 @@ BAD = [
     ("yaml-syntax", "vision:\n  method: visionzip\n  dominant: [300\n", "YAML syntax error at line 4"),
     ("top-level-list", "- vision\n", "expected a mapping at the top level"),
     ("empty-file", "# only a comment\n", "the profile file is empty"),
+    (
+        "duplicate-key",
+        VZ + "  dominant: 3\n  dominant: 5\n",
+        "line 4: duplicate key 'dominant' (first on line 3)",
+    ),
+    ("alias", "a: &x 1\nvision: *x\n", "line 1: YAML anchors are not allowed (found &x)"),
 ]
 
 

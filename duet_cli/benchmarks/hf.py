@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from duet_cli import userfiles
 from duet_cli.benchmarks.base import ImageRef
 from duet_cli.errors import InputError, UsageError
 
@@ -46,18 +47,33 @@ def missing(name: str, root: Path, expected: str) -> InputError:
     return InputError(f"{name}: no data at {root}; expected {expected}; {PARQUET_HINT}")
 
 
+def read_text(name: str, path: Path) -> str:
+    """A local annotation file as text (a regular file of at most JSON_BYTES), or one InputError line."""
+    try:
+        return userfiles.read_text(path, "annotation file", userfiles.JSON_BYTES)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
+
+
 def read_json(name: str, path: Path) -> Any:
     """Parse a JSON file; an unreadable or unparseable file is fatal (no record can be salvaged)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{name}: {path} is not UTF-8 text") from exc
+    text = read_text(name, path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: {path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from exc
+    except RecursionError:
+        raise InputError(f"{name}: {path}: JSON nested too deeply") from None
+
+
+def parse_json_line(line: str) -> Any:
+    """One JSONL record, or Malformed (bad JSON, or nesting too deep to parse)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise Malformed(f"not valid JSON ({exc.msg})") from exc
+    except RecursionError:
+        raise Malformed("JSON nested too deeply") from None
 
 
 def field(record: Any, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -236,19 +252,24 @@ def image_ref(value: Any, where: str) -> ImageRef:
     """An lmms-eval image cell ({"bytes", "path"}, raw bytes or a PIL image) as an ImageRef.
 
     Embedded bytes are opened lazily with PIL (pixels decode when the runner uses the image). Bytes PIL
-    cannot even identify become a reference string naming the row, which the runner's image loading
-    reports as a failed record rather than a crash.
+    cannot even identify, or whose header claims a size `load_image` would refuse (a bomb, or 30000x2),
+    become a reference string naming the row, which the runner's image loading reports as a failed
+    record rather than a crash.
     """
     from PIL import Image
 
-    if isinstance(value, Image.Image):
-        return value
+    from duet_cli.media import size_problem
+
+    image = value if isinstance(value, Image.Image) else None
     data = value.get("bytes") if isinstance(value, dict) else value
-    if isinstance(data, (bytes, bytearray)) and data:
+    if image is None and isinstance(data, (bytes, bytearray)) and data:
         try:
-            return Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))
         except Exception:
             return f"{where} (embedded image is unreadable)"
+    if image is not None:
+        problem = size_problem(image.size)  # before anything decodes a bomb
+        return image if problem is None else f"{where} (embedded image {problem})"
     path = value.get("path") if isinstance(value, dict) else None
     return path if isinstance(path, str) and path else f"{where} (no embedded image)"
 

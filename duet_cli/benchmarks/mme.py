@@ -111,8 +111,8 @@ def _local_subtask(folder: Path, subtask: str) -> list[list[Record]]:
     questions: list[Question] = []
     for txt in sorted(qa_dir.glob("*.txt")):
         try:
-            lines = txt.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
+            lines = hf.read_text(NAME, txt).splitlines()
+        except InputError as exc:
             warn_malformed(NAME, str(txt), f"unreadable ({exc})")
             continue
         for number, line in enumerate(lines, start=1):

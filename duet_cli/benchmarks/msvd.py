@@ -49,10 +49,7 @@ class MsvdQA:
 
 def _mapping(file: Path) -> dict[str, str]:
     """youtube_mapping.txt: '<clip name> vid<N>' per line -> {'vid<N>': clip name}."""
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{NAME}: cannot read {file}: {exc}") from exc
+    lines = hf.read_text(NAME, file).splitlines()
     mapping = {}
     for line in lines:
         parts = line.split()

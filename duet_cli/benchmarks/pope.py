@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -87,19 +86,13 @@ def _label(value: object) -> str:
 def _local(base: Path, split: str) -> Iterator[Record]:
     file = base / _file(split)
     seen: set[str] = set()
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{NAME}: cannot read {file}: {exc}") from exc
+    lines = hf.read_text(NAME, file).splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{file}:{number}"
         try:
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise hf.Malformed(f"not valid JSON ({exc.msg})") from exc
+            item = hf.parse_json_line(line)
             qid = hf.field(item, "question_id", (int, str))
             image = hf.field(item, "image", str)
             text = hf.field(item, "text", str)

@@ -53,10 +53,7 @@ class TgifQA:
 
 def _release(base: Path, videos: videoqa.VideoIndex) -> Iterator[Record]:
     file = base / RELEASE
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{NAME}: cannot read {file}: {exc}") from exc
+    text = hf.read_text(NAME, file)
     reader = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
     needed = {"gif_name", "question", "answer"}
     if not needed <= set(reader.fieldnames or []):

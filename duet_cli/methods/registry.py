@@ -6,7 +6,6 @@ so every profile error reads `dotted.path[i]: message`.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
+from duet_cli.bounded import MAX_ERRORS, clip, show
 from duet_cli.errors import ProfileError
 
 Stage = Literal["vision", "llm"]
@@ -61,28 +61,18 @@ def get_method(name: str, stage: Stage) -> MethodSpec:
     if spec is not None:
         return spec
     names = available(stage)
-    msg = f"{stage}.method: unknown method {name!r}."
+    msg = f"{stage}.method: unknown method {show(name)}."
     close = difflib.get_close_matches(name, names, n=1)
     if close:
         msg += f" Did you mean: {', '.join(close)}?"
     msg += f" Available: {', '.join(names) or '(none)'}"
     others = [s for s in STAGES if s != stage and name in _REGISTRY[s]]
     if others:
-        msg += f" ({name!r} is a {others[0]}-stage method: put it under '{others[0]}:')"
+        msg += f" ({show(name)} is a {others[0]}-stage method: put it under '{others[0]}:')"
     raise ProfileError(msg)
 
 
 # ---- shared field validators: used as `Annotated[int, BeforeValidator(count(1))]` in method configs ----
-
-
-def show(value: object) -> str:
-    """A value as the user wrote it in YAML: strings quoted, everything else as JSON."""
-    if isinstance(value, str):
-        return repr(value)
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def suggest(word: str, options: Sequence[str]) -> str:
@@ -101,7 +91,7 @@ def count(minimum: int) -> Callable[[object], int]:
             raise PydanticCustomError("duet_type", "expected an integer, got {got}", {"got": show(value)})
         if value < minimum:
             raise PydanticCustomError(
-                "duet_range", "must be >= {minimum} (got {got})", {"minimum": minimum, "got": value}
+                "duet_range", "must be >= {minimum} (got {got})", {"minimum": minimum, "got": show(value)}
             )
         return value
 
@@ -114,14 +104,19 @@ def fraction(*, closed: bool) -> Callable[[object], float]:
     def check(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PydanticCustomError("duet_type", "expected a number, got {got}", {"got": show(value)})
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
         if not math.isfinite(number):
-            raise PydanticCustomError("duet_type", "expected a finite number, got {got}", {"got": value})
+            raise PydanticCustomError(
+                "duet_type", "expected a finite number, got {got}", {"got": show(value)}
+            )
         if closed and not 0.0 <= number <= 1.0:
-            raise PydanticCustomError("duet_range", "must be in [0, 1] (got {got})", {"got": value})
+            raise PydanticCustomError("duet_range", "must be in [0, 1] (got {got})", {"got": show(value)})
         if not closed and not 0.0 < number < 1.0:
             raise PydanticCustomError(
-                "duet_range", "must be strictly between 0 and 1 (got {got})", {"got": value}
+                "duet_range", "must be strictly between 0 and 1 (got {got})", {"got": show(value)}
             )
         return number
 
@@ -176,9 +171,10 @@ def non_increasing(values: Sequence[float]) -> list[tuple[str, str]]:
 
 
 def dotted(prefix: str, loc: Sequence[int | str]) -> str:
+    """`prefix.key[i]...`; a key the user wrote is cut to a few dozen characters."""
     path = prefix
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        path += f"[{part}]" if isinstance(part, int) else f".{clip(str(part))}"
     return path
 
 
@@ -186,13 +182,11 @@ def error_lines(exc: ValidationError, prefix: str, fields: Sequence[str]) -> lis
     """One `prefix.path[i]: message` line per problem pydantic found in a config (issues expanded)."""
     lines: list[str] = []
     errors = exc.errors(include_url=False)
-    # A misspelt key also leaves its field missing: the did-you-mean line says it all.
-    misspelt = {
-        close
-        for e in errors
-        if e["type"] == "extra_forbidden"
-        for close in difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
-    }
+    # A misspelt key also leaves its field missing: the did-you-mean line says it all. Only the first
+    # few unknown keys get a suggestion: an error line shows no more (20,000 of them took seconds).
+    extras = [e for e in errors if e["type"] == "extra_forbidden"][:MAX_ERRORS]
+    misspelt = {close for e in extras for close in difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)}
+    hinted = 0
     for error in errors:
         kind, loc = error["type"], error["loc"]
         path = dotted(prefix, loc)
@@ -202,15 +196,18 @@ def error_lines(exc: ValidationError, prefix: str, fields: Sequence[str]) -> lis
             for suffix, msg in error["ctx"]["issues"]:
                 lines.append(f"{path}{suffix}: {msg.replace('{path}', path)}")
         elif kind == "extra_forbidden":
-            lines.append(f"{path}: unknown field{suggest(str(loc[-1]), fields)}")
+            hinted += 1
+            lines.append(
+                f"{path}: unknown field{suggest(str(loc[-1]), fields) if hinted <= MAX_ERRORS else ''}"
+            )
         elif kind == "invalid_key":
-            lines.append(f"{prefix}.{loc[-1]}: unknown field (keys must be strings)")
+            lines.append(f"{prefix}.{clip(str(loc[-1]))}: unknown field (keys must be strings)")
         elif kind == "missing":
             lines.append(f"{path}: required field is missing")
         elif kind == "list_type":
             lines.append(f"{path}: expected a list, got {show(error['input'])}")
         else:
-            lines.append(f"{path}: {error['msg']}")
+            lines.append(f"{path}: {clip(error['msg'], 200)}")
     return lines
 
 
