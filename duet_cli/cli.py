@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -72,13 +73,35 @@ app.command("profile")(profile_cmd.profile)
 app.command("train")(train_cmd.train)
 
 
+# an uncaught OSError with one of these is a full or read-only disk, not a bug
+_WRITE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EROFS", "EDQUOT") if hasattr(errno, name)
+)
+
+
+def _write_failure(exc: OSError) -> str:
+    """The line for a write fault that no command caught: the file when the error names one; standard
+    output when the fault came from inside the results console (`> file` on a full disk)."""
+    from duet_cli.console import out, stdout_failed
+
+    if exc.filename:
+        return f"cannot write {exc.filename}: {exc.strerror or exc}"
+    tb = exc.__traceback__
+    while tb is not None:  # Rich's write names no file: find its stdout console among the frames
+        if tb.tb_frame.f_locals.get("self") is out:
+            return str(stdout_failed(exc))
+        tb = tb.tb_next
+    return f"cannot write an output file: {exc.strerror or exc}"
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning DuetError (and stray failures) into one line."""
     from rich.markup import escape
 
-    from duet_cli.console import err
+    from duet_cli.console import err, sanitize_width_env
     from duet_cli.errors import DuetError
 
+    sanitize_width_env()  # before Typer builds its own consoles: COLUMNS=0 would blank help and errors
     debug = bool(os.environ.get("DUET_DEBUG"))
     try:
         app(standalone_mode=True)
@@ -90,11 +113,24 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
         sys.exit(130)
-    except Exception as exc:  # a bug, not bad input: still one line, traceback on request
-        if debug:
-            raise
-        err.print(
-            f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
-            "(set DUET_DEBUG=1 for the traceback)"
-        )
+    except OSError as exc:
+        if debug or exc.errno not in _WRITE_ERRNOS:
+            _internal_error(exc, debug)
+        err.print(f"[bold red]error:[/] {escape(_write_failure(exc))}")
         sys.exit(1)
+    except Exception as exc:  # a bug, not bad input: still one line, traceback on request
+        _internal_error(exc, debug)
+
+
+def _internal_error(exc: Exception, debug: bool) -> NoReturn:
+    from rich.markup import escape
+
+    from duet_cli.console import err
+
+    if debug:
+        raise exc
+    err.print(
+        f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+        "(set DUET_DEBUG=1 for the traceback)"
+    )
+    sys.exit(1)

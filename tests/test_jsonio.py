@@ -212,3 +212,57 @@ def test_check_writable_probes_with_a_real_file(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(jsonio.os, "open", refuse)
     with pytest.raises(InputError, match="Read-only file system"):
         check_writable(tmp_path / "out.json")
+
+
+def test_check_writable_refuses_an_input_and_ignores_names_that_are_not_files(tmp_path: Path) -> None:
+    data = tmp_path / "data.json"
+    data.write_text("[]")
+    alias = tmp_path / "alias.json"
+    alias.symlink_to(data.name)
+    for out in (data, alias):
+        with pytest.raises(InputError) as info:
+            check_writable(out, ["duet-192", None, tmp_path / "missing.png", data])
+        assert (
+            str(info.value) == f"cannot write {out}: it is the input file {data}; choose another output file"
+        )
+    check_writable(tmp_path / "new.json", ["duet-192", None, data])  # a new file is never an input
+    assert data.read_text() == "[]"
+
+
+def test_check_not_replacing_refuses_inputs_inside_a_replaced_folder(tmp_path: Path) -> None:
+    model = tmp_path / "out" / "model"
+    (model / "sub").mkdir(parents=True)
+    jsonio.check_not_replacing([model], [tmp_path / "out", "tiny-llava", None])  # the parent is fine
+    with pytest.raises(
+        InputError, match=r"lies inside .*model, which this run replaces: choose another --out"
+    ):
+        jsonio.check_not_replacing([model], [model / "sub"])
+    with pytest.raises(InputError, match=r"model is .*model, which this run replaces"):
+        jsonio.check_not_replacing([model], [model])
+
+
+class SafetensorError(Exception):
+    """Named like safetensors' own error type, which carries I/O failures as text."""
+
+
+def test_write_failure_recognises_disk_faults_only() -> None:
+    enospc = OSError(28, "No space left on device")
+    assert str(jsonio.write_failure("checkpoint", "/o/step-1", enospc)) == (
+        "cannot write checkpoint /o/step-1: No space left on device"
+    )
+    st = SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
+    assert str(jsonio.write_failure("the model", "/o/model", st)) == (
+        "cannot write the model /o/model: Disk quota exceeded (os error 122)"
+    )
+    assert jsonio.write_failure("x", "y", SafetensorError("tensor is not contiguous")) is None  # a bug
+    assert jsonio.write_failure("x", "y", ValueError("boom")) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+def test_atomic_write_as_root_keeps_the_replaced_files_owner(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    os.chown(target, 1234, 5678)
+    atomic_write_text(target, "new")
+    st = target.stat()
+    assert (st.st_uid, st.st_gid) == (1234, 5678) and target.read_text() == "new"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from duet_cli.commands.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SeedOpt
-from duet_cli.console import err, out, prepare_transformers
+from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
 
 ProfilesOpt = Annotated[
@@ -64,7 +64,6 @@ def profile(
 ) -> None:
     """Per profile: FLOPs (papers' formula and actual), KV-cache bytes, times, speedup vs baseline."""
     from duet_cli import profiling
-    from duet_cli.jsonio import to_json
     from duet_cli.profile_numbers import report_numbers
     from duet_cli.render_profile import flops_table, ledger_table, measured_table, tokens_table
 
@@ -117,7 +116,7 @@ def profile(
     numbers = report_numbers(report)
     if json_out:
         document = {"provenance": report.provenance or None, "numbers": numbers}
-        out.print(to_json(document), markup=False, highlight=False, soft_wrap=True)
+        print_json(document)
         return
     if report.untrained:
         from duet_cli.render import untrained_notice

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from duet_cli.commands.options import JsonOpt
-from duet_cli.console import out
+from duet_cli.console import out, print_json
 from duet_cli.dims import ModelDims
 
 if TYPE_CHECKING:
@@ -50,12 +50,6 @@ def _dims(model: str | None) -> tuple[ModelDims, str]:
     from duet_cli.catalog import dims_for
 
     return dims_for(model), model
-
-
-def _print_json(data: Any) -> None:
-    import json
-
-    out.print_json(json.dumps(data))
 
 
 def _stage_summaries(profile: Profile) -> tuple[str, str]:
@@ -148,7 +142,7 @@ def list_profiles_cmd(json_: JsonOpt = False) -> None:
 
     rows = [profile_row(p, LLAVA_7B) for p in list_profiles()]
     if json_:
-        _print_json([row | {"model": LLAVA_7B_LABEL} for row in rows])
+        print_json([row | {"model": LLAVA_7B_LABEL} for row in rows])
         return
     out.print(profiles_table(rows, LLAVA_7B_LABEL))
 
@@ -162,7 +156,7 @@ def show_cmd(name: ProfileArg, model: ModelOpt = None, json_: JsonOpt = False) -
     profile = load_profile(name)
     info = describe(resolve_profile(profile, dims), dims)
     if json_:
-        _print_json(profile.to_dict() | info | {"model": label})
+        print_json(profile.to_dict() | info | {"model": label})
         return
     out.print(show_view(profile, info, label, dims))
 
@@ -183,6 +177,6 @@ def check_cmd(file: FileArg, model: ModelOpt = None, json_: JsonOpt = False) -> 
         result["avg_visual_tokens"] = info["avg_visual_tokens"]
         detail += f"; on {label}: {info['arithmetic']} average visual tokens"
     if json_:
-        _print_json(result)
+        print_json(result)
         return
     out.print(f"[green]ok:[/] {escape(file)} ({escape(detail)})", soft_wrap=True)

@@ -18,7 +18,7 @@ from duet_cli.commands.options import (
     ModelOpt,
     SeedOpt,
 )
-from duet_cli.console import err, out, prepare_transformers
+from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
 
 ProfilesOpt = Annotated[
@@ -82,10 +82,9 @@ def visualize(
         raise UsageError("give --out FILE.png")
     if out_file.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png file, not {out_file.name!r}")
-    check_writable(out_file)
+    check_writable(out_file, [*(image or []), video, *(profile or [])])  # never over an input
 
     from duet_cli import api
-    from duet_cli.jsonio import to_json
     from duet_cli.render import infer_numbers, numbers_table, untrained_notice
     from duet_cli.runtime import check_question
     from duet_cli.visualize import FigureRow, render_figure, render_video_figure, write_png
@@ -163,7 +162,7 @@ def visualize(
                 for r, n in zip(reports, numbers)
             ],
         }
-        out.print(to_json(document), markup=False, highlight=False, soft_wrap=True)
+        print_json(document)
         return
     if first.untrained:
         err.print(untrained_notice(first.model))
