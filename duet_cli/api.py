@@ -131,12 +131,13 @@ def infer_messages(
     seed: int = 0,
     on_loaded: Callable[[LoadedModel], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    allow_urls: bool = False,
     **generate: Any,
 ) -> InferReport:
     """`infer` for Qwen-style message lists (one user turn each, optionally after a system message): the
     images and videos are read and resized by qwen-vl-utils with each item's own settings, as Qwen's
     reference pipeline does (see duet_cli.qwen_messages). All conversations of one call share one
-    system message (or none)."""
+    system message (or none). `allow_urls`: fetch http(s) images (never when offline)."""
     from duet_cli.qwen_messages import prompt_parts, system_prompt
 
     systems = {system_prompt(conv) for conv in conversations}
@@ -144,7 +145,7 @@ def infer_messages(
         raise InputError("the conversations of one run have different system messages; run them apart")
     prompts, paths, video_paths = [], [], []
     for k, conv in enumerate(conversations):
-        question, images, image_names, videos = prompt_parts(conv, f"conversation {k}")
+        question, images, image_names, videos = prompt_parts(conv, f"conversation {k}", allow_urls=allow_urls)
         check_question(question)
         prompts.append(Prompt(question, images, videos))
         paths.append(image_names)

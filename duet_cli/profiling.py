@@ -316,6 +316,7 @@ def profile_measured(
     import torch
 
     from duet_cli.engine.session import apply_profile
+    from duet_cli.gen_settings import check_rows
     from duet_cli.jsonio import provenance
     from duet_cli.media import load_image
     from duet_cli.profiles import load_profile, resolve_profile
@@ -323,6 +324,7 @@ def profile_measured(
 
     if repeats < 1 or warmup < 0 or batch < 1 or max_new_tokens < 1:
         raise UsageError("--repeats, --batch-size and --max-new-tokens must be >= 1, --warmup >= 0")
+    check_rows(batch, 1)  # before the model loads: 100,000 identical prompts would exhaust memory
     check_question(question)
     pil = load_image(image)
     names = with_baseline(profiles)

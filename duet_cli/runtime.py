@@ -59,10 +59,22 @@ def pick_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         raise UsageError(f"--device {device!r} is not a device (try cpu, cuda, cuda:1, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            why = "has no MPS support" if not torch.backends.mps.is_built() else "finds no Apple GPU"
+            raise UsageError(f"--device {device}: this PyTorch build {why}; use cpu")
+    elif dev.type != "cpu":  # meta, xla, ...: nothing duet can run a model on
+        raise UsageError(f"--device {device!r}: duet runs on cpu, cuda, cuda:N or mps")
     return dev
 
 
@@ -98,12 +110,14 @@ def load_model(
         adapter = get_adapter(config)
         model: Any = AutoModelForImageTextToText.from_pretrained(resolved.source, dtype=torch_dtype, **kwargs)
         processor = AutoProcessor.from_pretrained(resolved.source, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(
-            f"could not load model '{resolved.spec}' from {resolved.source}: {first}"
-        ) from None
-    model = model.to(dev).eval()
+    except Exception as exc:  # whatever a bad folder makes transformers, safetensors or torch.load raise
+        from duet_cli.model_files import describe_load_failure
+
+        raise ModelNotFoundError(describe_load_failure(resolved.spec, resolved.source, exc)) from None
+    try:
+        model = model.to(dev).eval()
+    except torch.OutOfMemoryError:
+        raise ModelNotFoundError(f"model '{resolved.spec}' does not fit in the memory of {dev}") from None
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     card = resolved.card
@@ -130,11 +144,52 @@ def check_question(question: str, placeholder: str = "<image>") -> None:
         raise InputError(f"the question may not contain the image placeholder {placeholder}")
 
 
+_context_warned: set[tuple[str, int]] = set()
+
+
+def check_context(loaded: LoadedModel, inputs: dict[str, Any], max_new_tokens: int) -> None:
+    """Refuse a prompt longer than the model's context (max_position_embeddings); warn once on stderr
+    when the answer may run past it. The prompt length bounds its positions (M-RoPE's are fewer)."""
+    context = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+    if not isinstance(context, int) or context <= 0:
+        return
+    ids = inputs["input_ids"]
+    length = int(ids.shape[1])
+    visual = int(sum((ids == t).sum(dim=1).max() for t in loaded.adapter.visual_token_ids(loaded.model)))
+    if length > context:
+        raise InputError(
+            f"the prompt is {length} tokens ({visual} of them visual), more than model {loaded.name}'s "
+            f"context of {context} positions (max_position_embeddings): use a profile that keeps fewer "
+            "visual tokens, or fewer or smaller images"
+        )
+    if length + max_new_tokens > context and (loaded.name, context) not in _context_warned:
+        from rich.markup import escape
+
+        from duet_cli.console import err
+
+        _context_warned.add((loaded.name, context))
+        text = (
+            f"a prompt of {length} tokens plus --max-new-tokens {max_new_tokens} runs past model "
+            f"{loaded.name}'s context of {context} positions (max_position_embeddings): the answer "
+            "stops being reliable there"
+        )
+        err.print(f"[yellow]warning:[/] {escape(text)}")
+
+
 def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequence[Prompt]) -> dict[str, Any]:
     """Tokenized, left-padded prompts with `tokens_per_image` placeholders per image (and
     `tokens_per_frame` per video frame), plus pixels."""
+    from duet_cli.media import check_image
     from duet_cli.methods.pyramiddrop.salient import salient_spans, salient_token_mask
 
+    # images from a dataset or an API caller skip load_image's checks, and processors resize before
+    # anything else: a 2x30000 image would become gigabytes of pixels
+    for p in prompts:
+        for image in p.images:
+            check_image(image)
+        for video in p.videos:
+            if video.frames:
+                check_image(video.frames[0], f"{video.path} (its frames)")
     if session.dims.dynamic_resolution:
         from duet_cli.dynamic_inputs import build_dynamic_inputs
 
@@ -276,10 +331,14 @@ def run(
     **generate_kwargs: Any,
 ) -> RunResult:
     """Answer a batch of prompts under the applied profile."""
+    from duet_cli.gen_settings import check_generation
+
     if not prompts:
         raise InputError("no prompts to run")
-    if max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be at least 1")
+    check_generation(
+        batch=len(prompts), num_beams=num_beams, do_sample=do_sample, temperature=temperature,
+        top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
     if session.llm is not None and any(
         k in generate_kwargs for k in ("assistant_model", "prompt_lookup_num_tokens")
     ):
@@ -289,6 +348,7 @@ def run(
             "assisted decoding is not supported with an llm stage (decode runs one token at a time)"
         )
     inputs = build_inputs(loaded, session, prompts)
+    check_context(loaded, inputs, max_new_tokens)
     session.recorder.reset()
     session.forget_selections()
     torch.manual_seed(seed)

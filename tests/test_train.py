@@ -273,3 +273,99 @@ def test_help_lists_the_training_knobs() -> None:
         assert option in result.stdout
     for option in ["--save-every", "--dtype", "--device", "--json", "--image-folder", "--strict"]:
         assert option in result.stdout
+
+
+# --- non-finite settings, losses and weights ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--lr", "inf"], "--lr inf: the learning rate must be a finite number > 0"),
+        (["--lr", "nan"], "--lr nan: the learning rate must be a finite number > 0"),
+        (["--lr", "0"], "--lr 0.0: the learning rate must be"),
+        (["--weight-decay", "inf"], "--weight-decay inf: give a finite number >= 0"),
+        (["--max-grad-norm", "inf"], "--max-grad-norm inf: give a finite number >= 0"),
+        (["--batch-size", "100000"], "--batch-size 100000 = 100,000 sequences"),
+    ],
+)
+def test_non_finite_settings_fail_before_training(
+    extra: list[str],
+    fragment: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "o"
+    line = _one_line_error(["--data", str(DATA), "--out", str(out), *extra], monkeypatch, capsys)
+    assert fragment in line, line
+    assert not out.exists()
+
+
+def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--lr 1e30 is finite, so it is accepted; step 1 sends the weights to ~1e30 and step 2's loss is nan.
+    Training stops there in one line naming the step; step 1's checkpoint stays, nothing newer is written."""
+    args = ["--data", str(DATA), "--out", str(tmp_path), "--max-steps", "4", "--save-every", "1"]
+    args += ["--optimizer", "sgd", "--lr", "1e30", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", ["duet", "train", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    step1 = tmp_path / "checkpoints" / "step-00000001"
+    assert lines[0] == (
+        f"error: training stopped at step 2: the loss is nan; nothing of this step was saved, and {step1} "
+        "is the last good checkpoint (lower --lr)"
+    )
+    assert latest(tmp_path) == step1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
+    assert not (tmp_path / "model").exists() and not (tmp_path / "report.json").exists()
+    assert all(torch.isfinite(v).all() for v in load_weights(step1).values())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update that makes a weight non-finite (the loss before it was fine) writes no checkpoint and no
+    model: the error says so, and the run's folder holds nothing from it."""
+    from duet_cli.training import trainer
+
+    real = trainer._optimizer
+
+    def poisoned(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        optimizer = real(cfg, params)
+
+        def poison(*_: object) -> None:
+            with torch.no_grad():
+                params[0].view(-1)[0] = float("inf")
+
+        optimizer.register_step_post_hook(poison)
+        return optimizer
+
+    monkeypatch.setattr(trainer, "_optimizer", poisoned)
+    with pytest.raises(trainer.TrainingDivergedError) as info:
+        run(tmp_path, max_steps=1, lr=1e-3)
+    assert str(info.value).startswith("training stopped at step 1: the weights are no longer finite")
+    assert "; no checkpoint was saved (lower --lr)" in str(info.value)
+    assert latest(tmp_path) is None and not (tmp_path / "model").exists()
+
+
+def test_a_pickle_in_a_checkpoint_is_refused(tmp_path: Path) -> None:
+    from duet_cli.errors import InputError
+    from duet_cli.training.checkpoint import load_optim
+
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+            return (Path.touch, (marker,))
+
+    torch.save({"optimizer": Payload()}, tmp_path / "optim.pt")
+    with pytest.raises(InputError) as info:
+        load_optim(tmp_path, 0)
+    assert str(info.value) == (
+        f"checkpoint file {tmp_path / 'optim.pt'} holds more than tensors and plain data, and duet refuses "
+        "to unpickle it (that could run code it carries)"
+    )
+    assert not marker.exists()

@@ -19,7 +19,7 @@ from duet_cli.commands.options import (
     ProfileOpt,
     SeedOpt,
 )
-from duet_cli.console import err, out, prepare_transformers
+from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
 
 
@@ -63,6 +63,13 @@ def infer(
             "and videos are read by qwen-vl-utils with each item's own settings.",
         ),
     ] = None,
+    allow_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-urls",
+            help="With --messages: fetch http(s) image and video URLs (never when HF_HUB_OFFLINE is set).",
+        ),
+    ] = False,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
     out_file: Annotated[
@@ -81,22 +88,34 @@ def infer(
         raise UsageError("--messages FILE carries its own questions and media: give it alone")
     if batch is None and question is None and messages is None:
         raise UsageError("give --question (with --image or --video), --batch FILE or --messages FILE")
-    if out_file is not None:
-        check_writable(out_file)
-    prepare_transformers()
+    if allow_urls and messages is None:
+        raise UsageError("--allow-urls is for --messages FILE (other inputs are local files)")
+    from duet_cli.gen_settings import check_generation, check_rows
+
+    check_generation(
+        batch=1, num_beams=num_beams, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
+    )
     items: list[Any]
     conversations = None
+    listed: list[Path] = []  # the images a batch file names
     if messages is not None:
         from duet_cli.qwen_messages import load_conversations
 
-        conversations = load_conversations(messages)
+        conversations = load_conversations(messages, allow_urls=allow_urls)
         items = conversations
     elif batch is not None:
-        items = list(read_batch(batch))
+        records = read_batch(batch)
+        listed = [p for record in records for p in record.images]
+        items = list(records)
     elif video:
         items = [(question or "", list(image or []), list(video))]
     else:
         items = [(question or "", list(image or []))]
+    check_rows(min(batch_size, len(items)), num_beams)  # what one forward pass will decode
+    if out_file is not None:  # before any model loads: never an input, a device or a FIFO
+        named = [*(image or []), *(video or []), *listed, batch, messages, profile]
+        check_writable(out_file, [*named, *_message_media(conversations or [])])
+    prepare_transformers()
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -126,7 +145,7 @@ def infer(
             "top_p": top_p,
         }
         if conversations is not None:
-            report = api.infer_messages(model, profile, conversations, **common)
+            report = api.infer_messages(model, profile, conversations, allow_urls=allow_urls, **common)
         else:
             report = api.infer(
                 model, profile, items, frames=frames, min_pixels=min_pixels, max_pixels=max_pixels, **common
@@ -146,13 +165,27 @@ def infer(
         "numbers": numbers,
         "trace": report.trace.to_dict(),
     }
-    text = to_json(document)
     if out_file is not None:
-        atomic_write_text(out_file, text + "\n")
+        atomic_write_text(out_file, to_json(document) + "\n")
     if json_out:
-        out.print(text, markup=False, highlight=False, soft_wrap=True)
+        print_json(document)
         return
     if report.untrained:
         err.print(untrained_notice(report.model))
     out.print(answers_renderable(report.questions, report.answers))
     out.print(numbers_table(numbers, title=f"{report.model} · profile {report.profile.name}"))
+
+
+def _message_media(conversations: list[list[dict[str, Any]]]) -> list[str]:
+    """The local files a message list names (URLs and inline data name no file, and are ignored)."""
+    found: list[str] = []
+    for conv in conversations:
+        for message in conv:
+            content = message.get("content")
+            for part in content if isinstance(content, list) else []:
+                for key in ("image", "image_url", "video") if isinstance(part, dict) else ():
+                    value = part.get(key)
+                    for v in value if isinstance(value, list) else [value]:  # a video may be a frame list
+                        if isinstance(v, str):
+                            found.append(v.removeprefix("file://"))
+    return found

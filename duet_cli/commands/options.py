@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from duet_cli.gen_settings import SEED_MAX, check_seed
+
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -25,7 +27,14 @@ ProfileOpt = Annotated[
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (sampling, random baselines).")]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help=f"Random seed (sampling, random baselines), 0 to {SEED_MAX}.",
+        callback=check_seed,  # a DuetError: one line, before anything loads
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 FramesOpt = Annotated[
     int,

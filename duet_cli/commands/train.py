@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from duet_cli.commands.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SeedOpt
-from duet_cli.console import err, out
+from duet_cli.console import err, out, print_json
 
 
 def train(
@@ -77,7 +77,7 @@ def train(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from duet_cli.jsonio import provenance, to_json
+    from duet_cli.jsonio import provenance
     from duet_cli.training.plan import TrainConfig, parse_parts
     from duet_cli.training.report import summary_table, write_outputs
     from duet_cli.training.trainer import Hooks
@@ -154,7 +154,7 @@ def train(
         from duet_cli.training.report import numbers
 
         doc = {"provenance": prov, **numbers(report)}
-        out.print(to_json(doc), markup=False, highlight=False, soft_wrap=True)
+        print_json(doc)
         return
     out.print(summary_table(report))
     err.print(f"wrote {files['model']}, {files['report']} and {files['loss_curve']}")

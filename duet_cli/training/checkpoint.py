@@ -20,15 +20,19 @@ import random
 import re
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from duet_cli.errors import InputError
+from duet_cli.jsonio import write_failure
+from duet_cli.userfiles import JSON_BYTES, GiB, check_regular, read_text
 
 KILL_IN_SAVE_ENV = "DUET_TRAIN_KILL_IN_SAVE"  # test hook: SIGKILL while writing the checkpoint of step N
 _STEP = re.compile(r"^step-(\d{8})$")
+CHECKPOINT_BYTES = 1024 * GiB  # optimizer state of a large model; a bound, not a real limit
 
 
 def checkpoint_root(out: Path) -> Path:
@@ -60,6 +64,20 @@ def _write(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def _disk_faults(tmp: Path, final: Path) -> Iterator[None]:
+    """A write the disk refuses (full, over a quota or size limit) is one line naming the checkpoint;
+    the half-written temporary folder goes, and the previous checkpoint stays as it was."""
+    try:
+        yield
+    except Exception as exc:
+        failure = write_failure("checkpoint", final, exc)
+        if failure is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise failure from None
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -110,21 +128,24 @@ def save(
             raise InputError(f"cannot write checkpoint {tmp}: {exc.strerror or exc}") from None
     accelerator.wait_for_everyone()
     kill = int(os.environ.get(KILL_IN_SAVE_ENV, "0") or 0) == step
-    if main and weights is not None:
-        from safetensors.torch import save_file
+    with _disk_faults(tmp, final):
+        if main and weights is not None:
+            from safetensors.torch import save_file
 
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "trainable.safetensors")
-        )
-        if kill:
-            os.kill(os.getpid(), signal.SIGKILL)
-    if optim_state is not None and (main or sharded_optimizer):
-        name = f"optim-rank{rank}.pt" if sharded_optimizer else "optim.pt"
-        _write(tmp / name, _torch_bytes(optim_state))
-    _write(tmp / f"rng-rank{rank}.pt", _torch_bytes(rng_state()))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in weights.items()},
+                str(tmp / "trainable.safetensors"),
+            )
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if optim_state is not None and (main or sharded_optimizer):
+            name = f"optim-rank{rank}.pt" if sharded_optimizer else "optim.pt"
+            _write(tmp / name, _torch_bytes(optim_state))
+        _write(tmp / f"rng-rank{rank}.pt", _torch_bytes(rng_state()))
     accelerator.wait_for_everyone()
     if main:
-        _write(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())
+        with _disk_faults(tmp, final):
+            _write(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())
         _fsync_dir(tmp)
         if final.exists():  # a rerun past a step that was already saved: replace it
             shutil.rmtree(final)
@@ -138,17 +159,30 @@ def save(
 
 
 def _load_torch(path: Path) -> Any:
+    import pickle
+
+    check_regular(path, "checkpoint file", CHECKPOINT_BYTES)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise InputError(f"cannot read checkpoint file {path}: {exc}") from None
+    except pickle.UnpicklingError:  # torch's own text is several lines of advice to pass weights_only=False
+        raise InputError(
+            f"checkpoint file {path} holds more than tensors and plain data, and duet refuses to unpickle "
+            "it (that could run code it carries)"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read checkpoint file {path}: {first}") from None
 
 
 def load_state(folder: Path) -> dict[str, Any]:
+    path = folder / "state.json"
     try:
-        return dict(json.loads((folder / "state.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read checkpoint {folder / 'state.json'}: {exc}") from None
+        state = json.loads(read_text(path, "checkpoint state", JSON_BYTES))
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise InputError(f"cannot read checkpoint {path}: not a JSON object")
+    return state
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:

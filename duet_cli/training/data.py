@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from duet_cli.errors import InputError
+from duet_cli.userfiles import JSON_BYTES, read_text
 
 IMAGE_TAG = "<image>"
 SYNTH_IMAGES = 50_000  # `--data synth` default: the nominal train split
@@ -100,12 +101,7 @@ def _turns(record: Any) -> list[tuple[str, str]]:
 
 def _entries(path: Path) -> list[tuple[str, Any]]:
     """(where, record) pairs: 'file: record i' for a JSON list, 'file:line' for JSONL."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"training data not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read training data {path}: {exc}") from None
+    text = read_text(path, "training data", JSON_BYTES)  # regular files only, bounded before reading
     if path.suffix == ".jsonl":
         entries = []
         for line_no, line in enumerate(text.splitlines(), start=1):
@@ -113,11 +109,14 @@ def _entries(path: Path) -> list[tuple[str, Any]]:
                 continue
             try:
                 entries.append((f"{path}:{line_no}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                entries.append((f"{path}:{line_no}", _Bad(f"not valid JSON ({exc.msg})")))
+            except (json.JSONDecodeError, RecursionError) as exc:
+                why = getattr(exc, "msg", "nested too deeply")
+                entries.append((f"{path}:{line_no}", _Bad(f"not valid JSON ({why})")))
         return entries
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"

@@ -6,11 +6,13 @@ that does not match its checkpoint all fail here, in one line, before any weight
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from duet_cli.errors import UsageError
+from duet_cli.gen_settings import check_rows, check_seed
 
 if TYPE_CHECKING:
     from duet_cli.training.data import Source
@@ -98,8 +100,17 @@ def _check_options(cfg: TrainConfig) -> None:
         raise UsageError(
             f"--device {cfg.device!r}: training takes auto, cpu or cuda (each rank picks its own GPU)"
         )
-    if cfg.lr <= 0:
-        raise UsageError("--lr must be positive")
+    # nan passes every comparison and inf trains to non-finite weights: both refused here
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise UsageError(f"--lr {cfg.lr}: the learning rate must be a finite number > 0")
+    if not math.isfinite(cfg.weight_decay) or cfg.weight_decay < 0:
+        raise UsageError(f"--weight-decay {cfg.weight_decay}: give a finite number >= 0")
+    if not math.isfinite(cfg.max_grad_norm) or cfg.max_grad_norm < 0:
+        raise UsageError(
+            f"--max-grad-norm {cfg.max_grad_norm}: give a finite number >= 0 (0 turns clipping off)"
+        )
+    check_seed(cfg.seed)
+    check_rows(cfg.batch_size, 1)
     parse_parts(",".join(cfg.train))
 
 
@@ -140,13 +151,18 @@ def make_plan(cfg: TrainConfig, source: Source | None = None) -> Plan:
     """Run every check that needs no weights; raise one DuetError on the first failure. `source`, when
     given, replaces `cfg.data` (library use: any indexable collection of `Conversation`s)."""
     from duet_cli.catalog import default_model, dims_for
-    from duet_cli.jsonio import check_writable
+    from duet_cli.jsonio import check_not_replacing, check_writable
     from duet_cli.profiles import load_profile, resolve_profile
     from duet_cli.training import checkpoint
     from duet_cli.training.data import Problems, open_source
 
     _check_options(cfg)
-    check_writable(cfg.out / "report.json")
+    # before any model loads: the outputs must be writable and never an input (the data, the profile,
+    # the model folder, the images), nor may an input sit in a folder the run replaces
+    inputs = [cfg.data, cfg.profile, cfg.model, cfg.image_folder]
+    for name in ("report.json", "loss.png"):
+        check_writable(cfg.out / name, inputs)
+    check_not_replacing([cfg.out / "model", checkpoint.checkpoint_root(cfg.out)], inputs)
     profile = load_profile(cfg.profile)
     resolved = resolve_profile(profile, dims_for(cfg.model or default_model()))
     if source is None:

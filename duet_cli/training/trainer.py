@@ -10,25 +10,30 @@ counts differ).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from torch import nn
 
 from duet_cli.engine.training import IGNORE, reduced_loss
-from duet_cli.errors import InputError
+from duet_cli.errors import DuetError, InputError
 from duet_cli.training import checkpoint
 from duet_cli.training.collate import Order, collate, encode
 from duet_cli.training.plan import SCHEDULES, Plan, TrainConfig, check_resume, make_plan, settings
 
 if TYPE_CHECKING:
     from duet_cli.training.data import Source
+
+
+class TrainingDivergedError(DuetError):
+    """The loss, the gradients or the weights stopped being finite: training stops before saving them."""
 
 
 @dataclass
@@ -304,20 +309,24 @@ def _loop(
                     raise RuntimeError(f"label tokens {int(counts[0])} after the forward, {local[m]} before")
                 accelerator.backward(out["loss_sum"] * world / n_global)
             step_stats += torch.cat([out["loss_sum"].detach().double().reshape(1), counts])
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+        # reduced before the update, so every rank sees the same loss and stops at the same step
+        step_stats = accelerator.reduce(step_stats, reduction="sum").cpu()
+        loss = float(step_stats[0] / step_stats[1])
+        if not math.isfinite(loss):
+            _diverged(cfg, step + 1, f"the loss is {loss}")
+        _clip_and_check(cfg, accelerator, module, step + 1)
         lr = float(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step_stats = accelerator.reduce(step_stats, reduction="sum").cpu()
-        loss = float(step_stats[0] / step_stats[1])
         totals += torch.tensor([order.global_batch, *step_stats[1:].tolist()], dtype=torch.float64)
         samples_now += order.global_batch
         state["history"].append([step + 1, loss, lr])
         state["step"], state["totals"] = step + 1, totals.tolist()
         done = step + 1
         if done == total or (cfg.save_every and done % cfg.save_every == 0):
+            if not _finite_weights(accelerator, module):  # never a checkpoint (or model) of them
+                _diverged(cfg, done, "the weights are no longer finite after the update")
             _save_checkpoint(cfg, accelerator, module, optimizer, scheduler, trainable, state, run)
         rate = samples_now / max(time.perf_counter() - t0, 1e-9)
         hooks.step(StepInfo(done, total, loss, lr, rate))
@@ -344,6 +353,39 @@ def _loop(
         trainable_parameters=0,
         history=history,
     )
+
+
+def _diverged(cfg: TrainConfig, step: int, what: str) -> NoReturn:
+    last = checkpoint.latest(cfg.out)
+    kept = (
+        f"nothing of this step was saved, and {last} is the last good checkpoint"
+        if last is not None
+        else "no checkpoint was saved"
+    )
+    hint = "lower --lr" if cfg.max_grad_norm > 0 else "lower --lr, or clip gradients with --max-grad-norm"
+    raise TrainingDivergedError(f"training stopped at step {step}: {what}; {kept} ({hint})")
+
+
+def _clip_and_check(cfg: TrainConfig, accelerator: Any, module: Any, step: int) -> None:
+    """Clip the gradient norm (if on) and stop on a non-finite one before it reaches the weights. Under
+    fp16 the gradient scaler skips such steps itself (that is how it finds its scale), so no stop."""
+    fp16 = accelerator.mixed_precision == "fp16"
+    if cfg.max_grad_norm <= 0 and fp16:
+        return
+    # max_norm=inf measures without clipping (the coefficient clamps to 1)
+    norm = accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm or math.inf)
+    if not fp16 and norm is not None and not math.isfinite(float(norm)):
+        _diverged(cfg, step, f"the gradient norm is {float(norm)}")
+
+
+def _finite_weights(accelerator: Any, module: Any) -> bool:
+    """Whether every trainable weight is finite on every rank (collective: call it on all ranks)."""
+    bad = torch.zeros(1, device=accelerator.device)
+    for p in accelerator.unwrap_model(module).parameters():
+        if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
+            bad += 1
+            break
+    return float(accelerator.reduce(bad, reduction="sum")) == 0
 
 
 def _save_checkpoint(
@@ -385,8 +427,17 @@ def _save_model(loaded: Any, full: dict[str, torch.Tensor], out: Path) -> Path:
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)
     weights = {k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")}
-    loaded.model.save_pretrained(tmp, state_dict=weights)
-    loaded.processor.save_pretrained(tmp)
+    try:
+        loaded.model.save_pretrained(tmp, state_dict=weights)
+        loaded.processor.save_pretrained(tmp)
+    except Exception as exc:  # a full disk or a quota: one line, no half-written folder, OUT/model kept
+        from duet_cli.jsonio import write_failure
+
+        failure = write_failure("the trained model", target, exc)
+        if failure is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise failure from None
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
@@ -394,4 +445,4 @@ def _save_model(loaded: Any, full: dict[str, torch.Tensor], out: Path) -> Path:
     return target
 
 
-__all__ = ["IGNORE", "Hooks", "StepInfo", "TrainConfig", "TrainReport", "train"]
+__all__ = ["IGNORE", "Hooks", "StepInfo", "TrainConfig", "TrainReport", "TrainingDivergedError", "train"]
