@@ -1,5 +1,6 @@
 """`duet eval` on the bundled model and synth: outputs agree, runs resume after SIGINT and SIGKILL without
-duplicates or losses, and two gloo processes under torchrun give one process's predictions."""
+duplicates or losses, two gloo processes under torchrun give one process's predictions, and a launch onto
+a folder another eval holds stops every rank with one line (tests/test_eval_integrity.py: the rest)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,36 @@ def test_two_gloo_processes_equal_one_process(reference: Path, tmp_path: Path) -
     assert [(c["profile"], c["score"], c["metrics"]) for c in two["cells"]] == [
         (c["profile"], c["score"], c["metrics"]) for c in one["cells"]
     ]
+
+
+def test_a_launch_onto_a_held_folder_stops_every_rank(tmp_path: Path) -> None:
+    holder = (
+        "import sys\nfrom pathlib import Path\nfrom duet_cli.evaluate.lock import out_lock\n"
+        "with out_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.readline()\n"
+    )
+    lock = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert lock.stdout is not None and lock.stdout.readline().strip() == "held"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "duet_cli", "eval"]
+        proc = subprocess.run(
+            [*cmd, *ARGS, "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+        )
+    finally:
+        lock.communicate("\n", timeout=30)
+    assert proc.returncode != 0
+    mine = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "internal error:"))]
+    assert sorted(mine) == [
+        f"error: another duet eval (pid {lock.pid}) is already writing to {tmp_path}: wait for it to "
+        "finish, or use another --out",
+        "error: another rank of this launch refused the run; see its error line",
+    ]
+    assert not (tmp_path / "synth").exists()  # no rank wrote anything
 
 
 @pytest.mark.parametrize(

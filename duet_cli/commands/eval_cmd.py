@@ -17,7 +17,7 @@ from duet_cli.commands.options import (
     ModelOpt,
     SeedOpt,
 )
-from duet_cli.console import err, out, prepare_transformers
+from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
 
 
@@ -82,7 +82,7 @@ def eval_cmd(
     from duet_cli.evaluate.report import benchmark_table, results, summary_table, write_outputs
     from duet_cli.evaluate.runner import EvalConfig, run_eval
     from duet_cli.evaluate.runner import Progress as Hooks
-    from duet_cli.jsonio import check_writable, provenance, to_json
+    from duet_cli.jsonio import check_writable, provenance
 
     cfg = EvalConfig(
         benchmarks=benchmark,
@@ -101,7 +101,8 @@ def eval_cmd(
         frames=frames,
         pixel_range=(min_pixels, max_pixels),
     )
-    check_writable(out_dir / "results.json")  # before any model is loaded
+    for name in ("results.json", "accuracy_vs_tokens.png"):  # before any model loads; never over an input
+        check_writable(out_dir / name, profile or [])
     prepare_transformers()
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -129,25 +130,29 @@ def eval_cmd(
     if cells is None:  # a non-main rank: rank 0 reports
         return
     numbers = results(cells)
+    made = cells[0].settings  # the settings every predictions file was checked against
     prov = provenance(
         profile_name=",".join(dict.fromkeys(c.profile for c in cells)),
-        profile_hash="",
-        profile={},
+        profile_hash=",".join(dict.fromkeys(c.profile_hash for c in cells)),
+        profile={c.profile: {"name": c.settings["profile"], "hash": c.profile_hash} for c in cells},
         model=model or default_model(),
-        dtype=dtype,
+        dtype=made["dtype"],
         device=device,
         seed=seed,
     )
+    prov["generation"] = {
+        "max_new_tokens": max_new_tokens,
+        "frames": next((c.settings["frames"] for c in cells if c.settings["frames"] is not None), None),
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+        "split": split,
+        "limit": limit,
+    }
     paths = write_outputs(
         numbers, out_dir, prov, title=f"{model or default_model()}: {', '.join(cfg.benchmarks)}"
     )
     if json_out:
-        out.print(
-            to_json({"provenance": prov, **numbers, "files": paths}),
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_json({"provenance": prov, **numbers, "files": paths})
         return
     for bench in dict.fromkeys(c.benchmark for c in cells):
         out.print(benchmark_table(numbers, bench))

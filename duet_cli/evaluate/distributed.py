@@ -54,3 +54,16 @@ def shutdown(ranks: Ranks) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def all_true(ranks: Ranks, flag: bool) -> bool:
+    """Whether `flag` holds on every rank (a collective: every rank must call it, like a barrier)."""
+    if ranks.world <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    device = f"cuda:{ranks.local_rank}" if dist.get_backend() == "nccl" else "cpu"
+    votes = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MIN)
+    return bool(votes.item())

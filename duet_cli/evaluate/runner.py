@@ -1,20 +1,35 @@
-"""The eval loop: every profile on every benchmark, predictions appended as they are made, resumable,
-sharded across launcher ranks (rank r answers records r, r+W, ...; rank 0 merges and scores).
+"""The eval loop: every profile on every benchmark, predictions appended as they are made, resumable
+under the same settings only, sharded across launcher ranks (rank r answers records r, r+W, ...; rank 0
+holds the --out folder, merges and scores).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from duet_cli.benchmarks.base import Benchmark, Record, Score
-from duet_cli.evaluate.distributed import Ranks, barrier, device_for, from_env, shutdown
-from duet_cli.evaluate.store import PredictionWriter, merge_rank_files, read_rows
+from duet_cli.evaluate import manifest
+from duet_cli.evaluate.distributed import Ranks, all_true, barrier, device_for, from_env, shutdown
+from duet_cli.evaluate.lock import out_lock
+from duet_cli.evaluate.resume import (
+    DIGEST,
+    Chosen,
+    check_merged,
+    choose_profiles,
+    done_ids,
+    final_path,
+    prediction_path,
+    rank_parts,
+)
+from duet_cli.evaluate.store import PredictionWriter, has_rows, merge_rank_files, read_rows
 
+T = TypeVar("T")
 KILL_AFTER_ENV = "DUET_EVAL_KILL_AFTER"  # test hook: SIGKILL this process after writing k records
 _written = {"records": 0}  # records written by this process, for the hook
 
@@ -50,6 +65,9 @@ class Cell:
     prefill_ms: float
     failures: int
     predictions: Path
+    profile_hash: str = ""
+    first_error: str | None = None  # why the first failed record failed
+    settings: dict[str, Any] = field(default_factory=dict)  # the manifest its predictions were made under
 
 
 @dataclass
@@ -65,24 +83,22 @@ class Prepared:
     bench: Benchmark
     records: list[Record]
     skipped: list[str]  # malformed records skipped (file:line: why), reported as warnings
-
-
-def profile_order(profiles: list[str]) -> list[str]:
-    """`baseline` first (relative numbers need it), then the rest once each, in the given order."""
-    rest = [p for p in dict.fromkeys(profiles) if p != "baseline"]
-    return ["baseline", *rest]
+    digests: dict[str, str] = field(default_factory=dict)  # record id -> manifest.record_digest
 
 
 def prepare(cfg: EvalConfig) -> dict[str, Prepared]:
     """Resolve benchmarks and read their records (a missing dataset fails here, before any model loads)."""
-    from duet_cli.benchmarks.registry import get_benchmark
+    from duet_cli.benchmarks.registry import data_roots, get_benchmark
 
     prepared = {}
+    roots = data_roots(cfg.benchmarks, cfg.data)  # a misspelt --data name is refused, not ignored
     for name in dict.fromkeys(cfg.benchmarks):
         bench = get_benchmark(name)
         skipped: list[str] = []
-        records = list(_load(bench, cfg.data.get(name), cfg.split, cfg.limit, cfg.strict, skipped))
-        prepared[name] = Prepared(bench, records, skipped)
+        root = roots.get(name.strip().lower())
+        records = list(_load(bench, root, cfg.split, cfg.limit, cfg.strict, skipped))
+        digests = {r.id: manifest.record_digest(r) for r in records}
+        prepared[name] = Prepared(bench, records, skipped, digests)
     return prepared
 
 
@@ -126,51 +142,103 @@ def _image(ref: Any) -> Any:
         raise InputError(f"unreadable image in the dataset: {exc}") from None
 
 
-def prediction_path(out: Path, benchmark: str, profile: str, ranks: Ranks) -> Path:
-    stem = profile if ranks.world == 1 else f"{profile}.rank{ranks.rank}"
-    return out / benchmark / f"{stem}.jsonl"
-
-
 def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> list[Cell] | None:
     """Run everything; returns the scored cells on the main rank (None on the others)."""
-    from duet_cli.profiles import load_profile
-
     progress = progress or Progress()
     ranks = from_env()
     try:
-        profiles = profile_order(cfg.profiles)
-        for p in profiles:
-            load_profile(p)  # a typo fails before the model loads
+        chosen = choose_profiles(cfg.profiles)  # a typo fails before the model loads
         prepared = prepare(cfg)
         for name, prep in prepared.items():
             if prep.skipped and ranks.main:
                 progress.warn(
                     f"{name}: skipped {len(prep.skipped)} malformed record(s); first: {prep.skipped[0]}"
                 )
-        todo = _pending(cfg, prepared, profiles, ranks)
-        progress.start(sum(len(v) for v in todo.values()))
-        loaded = _load_model(cfg, ranks)
-        for (bench_name, profile), records in todo.items():
-            progress.describe(f"{bench_name} · {profile}")
-            _answer(cfg, loaded, bench_name, profile, records, ranks, progress)
-        barrier(ranks)
-        if not ranks.main:
-            return None
-        return [_score(cfg, prepared[b], b, p, ranks) for b in prepared for p in profiles]
+        with contextlib.ExitStack() as held:
+            # one process per folder, its own ranks sharing it: the main rank holds it, and the others
+            # read and write only once it does
+            _together(ranks, lambda: held.enter_context(out_lock(cfg.out)) if ranks.main else None)
+            dtype = _dtype(cfg, ranks)
+            wants = {(b, c.stem): _settings(cfg, c, b, prepared[b], dtype) for b in prepared for c in chosen}
+            todo = _together(ranks, lambda: _pending(cfg, prepared, chosen, wants, ranks))
+            progress.start(sum(len(records) for _, _, records in todo))
+            loaded = _load_model(cfg, ranks)
+            for bench_name, c, records in todo:
+                progress.describe(f"{bench_name} · {c.label}")
+                want = wants[(bench_name, c.stem)]
+                _answer(cfg, loaded, bench_name, c, want, prepared[bench_name], records, ranks, progress)
+            barrier(ranks)
+            if not ranks.main:
+                return None
+            cells = [
+                _score(cfg, prepared[b], b, c, wants[(b, c.stem)], ranks) for b in prepared for c in chosen
+            ]
+        _check_scored(cells, progress)
+        return cells
     finally:
         shutdown(ranks)
 
 
+def _together(ranks: Ranks, step: Callable[[], T]) -> T:
+    """Run `step` on every rank; when it refuses on any, every rank stops with one line (rather than the
+    others waiting on a peer that left, then failing on the lost connection)."""
+    from duet_cli.errors import DuetError, InputError
+
+    refusal: DuetError | None = None
+    try:
+        value = step()
+    except DuetError as exc:
+        refusal = exc
+    if not all_true(ranks, refusal is None):
+        raise refusal or InputError("another rank of this launch refused the run; see its error line")
+    return value
+
+
+def _dtype(cfg: EvalConfig, ranks: Ranks) -> str:
+    """The dtype the model will run in ("auto" is bf16 on CUDA, fp32 elsewhere: not one setting)."""
+    from duet_cli.runtime import pick_device, pick_dtype
+
+    return str(pick_dtype(cfg.dtype, pick_device(device_for(ranks, cfg.device)))).removeprefix("torch.")
+
+
+def _settings(cfg: EvalConfig, c: Chosen, bench_name: str, prep: Prepared, dtype: str) -> dict[str, Any]:
+    from duet_cli.catalog import default_model
+
+    return manifest.expected(
+        model=cfg.model or default_model(),
+        profile_name=c.profile.name,
+        profile_hash=c.profile.hash,
+        dtype=dtype,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        frames=cfg.frames if any(r.videos for r in prep.records) else None,  # images ignore --frames
+        pixels=cfg.pixel_range,
+        benchmark=bench_name,
+        split=cfg.split,
+    )
+
+
 def _pending(
-    cfg: EvalConfig, prepared: dict[str, Prepared], profiles: list[str], ranks: Ranks
-) -> dict[tuple[str, str], list[Record]]:
-    todo = {}
+    cfg: EvalConfig,
+    prepared: dict[str, Prepared],
+    chosen: list[Chosen],
+    wants: dict[tuple[str, str], dict[str, Any]],
+    ranks: Ranks,
+) -> list[tuple[str, Chosen, list[Record]]]:
+    """This rank's records still to answer; predictions made under other settings or from other data are
+    refused here, before the model loads."""
+    todo = []
     for name, prep in prepared.items():
-        for profile in profiles:
-            done = {r["id"] for r in read_rows(cfg.out / name / f"{profile}.jsonl")}
-            done |= {r["id"] for r in read_rows(prediction_path(cfg.out, name, profile, ranks))}
+        for c in chosen:
+            final = final_path(cfg.out, name, c.stem)
+            made = any(has_rows(p) for p in [final, *rank_parts(final)])
+            manifest.check(final, made, wants[(name, c.stem)])
+            done = done_ids(final, prep.digests)
+            mine_path = prediction_path(cfg.out, name, c.stem, ranks)
+            if mine_path != final:
+                done |= done_ids(mine_path, prep.digests)
             mine = prep.records[ranks.rank :: ranks.world]
-            todo[(name, profile)] = [r for r in mine if r.id not in done]
+            todo.append((name, c, [r for r in mine if r.id not in done]))
     return todo
 
 
@@ -187,7 +255,9 @@ def _answer(
     cfg: EvalConfig,
     loaded: Any,
     bench_name: str,
-    profile: str,
+    chosen: Chosen,
+    want: dict[str, Any],
+    prep: Prepared,
     records: list[Record],
     ranks: Ranks,
     progress: Progress,
@@ -200,9 +270,10 @@ def _answer(
     if not records:
         return
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+    manifest.write(final_path(cfg.out, bench_name, chosen.stem), want)  # before the first row
     with (
-        apply_profile(loaded.model, profile) as session,
-        PredictionWriter(prediction_path(cfg.out, bench_name, profile, ranks)) as writer,
+        apply_profile(loaded.model, chosen.profile) as session,  # the profile as loaded and hashed
+        PredictionWriter(prediction_path(cfg.out, bench_name, chosen.stem, ranks)) as writer,
     ):
         for start in range(0, len(records), cfg.batch_size):
             batch = records[start : start + cfg.batch_size]
@@ -214,6 +285,7 @@ def _answer(
                     videos = [load_video(v, cfg.frames) for v in rec.videos]
                 except InputError as exc:  # scored as a failure, not a crash
                     rows[rec.id] = {"id": rec.id, "prediction": None, "error": str(exc)}
+                    rows[rec.id][DIGEST] = prep.digests[rec.id]
                     continue
                 prompts.append(Prompt(rec.question, images, videos))
                 answered.append(rec)
@@ -229,6 +301,7 @@ def _answer(
                         "unreduced_visual_tokens": sample.unreduced_visual_tokens,
                         "avg_visual_tokens": sample.avg_visual_tokens,
                         "prefill_ms": share,
+                        DIGEST: prep.digests[rec.id],
                     }
             writer.write([rows[r.id] for r in batch])
             progress.advance(len(batch))
@@ -237,25 +310,52 @@ def _answer(
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _score(cfg: EvalConfig, prep: Prepared, bench_name: str, profile: str, ranks: Ranks) -> Cell:
-    final = cfg.out / bench_name / f"{profile}.jsonl"
+def _score(
+    cfg: EvalConfig, prep: Prepared, bench_name: str, c: Chosen, want: dict[str, Any], ranks: Ranks
+) -> Cell:
+    final = final_path(cfg.out, bench_name, c.stem)
     order = [r.id for r in prep.records]
     if ranks.world > 1:
-        parts = [cfg.out / bench_name / f"{profile}.rank{r}.jsonl" for r in range(ranks.world)]
+        parts = [final_path(cfg.out, bench_name, f"{c.stem}.rank{r}") for r in range(ranks.world)]
         rows = merge_rank_files(final, parts, order)
     else:
         rows = read_rows(final)
-    by_id = {r["id"]: r for r in rows}
+    by_id = {r["id"]: r for r in rows}  # the last row of an id wins: a retried failure replaces the failure
+    check_merged(final, [by_id[i] for i in order if i in by_id], prep.digests)
     predictions = [by_id.get(i, {}).get("prediction") for i in order]
     ok = [by_id[i] for i in order if i in by_id and by_id[i].get("error") is None]
+    errors = [by_id[i]["error"] for i in order if i in by_id and by_id[i].get("error") is not None]
     mean = lambda key: sum(r[key] for r in ok) / len(ok) if ok else 0.0  # noqa: E731
     return Cell(
         benchmark=bench_name,
-        profile=profile,
+        profile=c.label,
         score=prep.bench.score(prep.records, predictions),
         avg_visual_tokens=mean("avg_visual_tokens"),
         unreduced_visual_tokens=mean("unreduced_visual_tokens"),
         prefill_ms=mean("prefill_ms"),
         failures=sum(1 for p in predictions if p is None),
         predictions=final,
+        profile_hash=c.profile.hash,
+        first_error=errors[0] if errors else None,
+        settings=want,
     )
+
+
+def _check_scored(cells: list[Cell], progress: Progress) -> None:
+    """Warn about records that could not be answered (once per benchmark); fail when nothing was scored."""
+    from duet_cli.errors import InputError
+
+    for bench in dict.fromkeys(c.benchmark for c in cells):
+        worst = max((c for c in cells if c.benchmark == bench), key=lambda c: c.failures)
+        if worst.failures:
+            progress.warn(
+                f"{bench}: {worst.failures} of {worst.score.count} record(s) could not be answered "
+                f"and score as wrong; first: {worst.first_error}"
+            )
+    if not any(c.score.count - c.failures > 0 for c in cells):
+        worst = max(cells, key=lambda c: c.failures)
+        why = f"; first: {worst.first_error}" if worst.first_error else ""
+        raise InputError(
+            f"nothing could be scored: no record of {', '.join(dict.fromkeys(c.benchmark for c in cells))} "
+            f"was answered{why}"
+        )
