@@ -83,6 +83,38 @@ def causal_mask(
     )
 
 
+def decode_mask(
+    *,
+    config: Any,
+    inputs_embeds: Any,
+    attention_mask: Any,
+    cache: Any,
+    position_ids: Any,
+    layer_idx: int,
+    padded: bool,
+    attn_implementation: str,
+) -> Any:
+    """The mask of a one-token decode step for one layer segment, without `create_causal_mask`'s
+    per-call work on SDPA (the attention implementation every shipped profile runs on).
+
+    SDPA reads a one-query step as "attend to every key" when the mask is None, and a boolean
+    (B, 1, 1, K) mask (True = attend) otherwise: what `create_causal_mask` builds in that case
+    (tests/test_compat.py checks both against it). `padded` says whether the 2-D mask has a zero; it is
+    known from the prefill, so no decode step reads tensor values on the host (nor does
+    `attn_implementation`, read from the config once per prompt). Other attention implementations go
+    through `create_causal_mask`."""
+    if attn_implementation == "sdpa":
+        return attention_mask.bool()[:, None, None, :] if padded else None
+    return causal_mask(
+        config=config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        cache=cache,
+        position_ids=position_ids,
+        layer_idx=layer_idx,
+    )
+
+
 def _release(version: str) -> tuple[int, int]:
     major, minor = version.split(".")[:2]
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)

@@ -313,6 +313,7 @@ def assemble_trace(
         bounds = [*starts[: len(counts)], num_layers]
         sample.ledger = [c for s, c in enumerate(counts) for _ in range(bounds[s + 1] - bounds[s])]
         samples.append(sample)
+    rec.settle()  # CUDA: the language model's event pairs, read once after the run
     timings = Timings(rec.vision_s, rec.prefill_s, rec.decode_s, rec.decode_steps)
     return ReductionTrace(profile=resolved.name, num_layers=num_layers, samples=samples, timings=timings)
 

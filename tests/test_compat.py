@@ -111,3 +111,32 @@ def test_the_installed_release_is_tested() -> None:
     # the lock and the declared range agree: a fresh install never runs outside what the suite passed on
     assert compat.installed_version() == transformers.__version__
     assert compat.untested_version_message() is None, compat.installed_version()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_mask_equals_create_causal_mask_on_sdpa(padded: bool) -> None:
+    """The decode fast path (no create_causal_mask per segment and step) builds what transformers does."""
+    config = LlamaModel.config_class(hidden_size=16, num_attention_heads=2, num_hidden_layers=1)
+    config._attn_implementation = "sdpa"
+    b, cached = 3, 6
+    cache = transformers.DynamicCache(config=config)
+    cache.update(torch.zeros(b, 2, cached, 8), torch.zeros(b, 2, cached, 8), 0)
+    mask2d = torch.ones(b, cached + 1, dtype=torch.long)
+    if padded:
+        mask2d[1, :2] = 0  # left padding of row 1
+    args = {
+        "config": config,
+        "inputs_embeds": torch.zeros(b, 1, 16),
+        "attention_mask": mask2d,
+        "cache": cache,
+        "position_ids": torch.full((b, 1), cached),
+        "layer_idx": 0,
+    }
+    ours = compat.decode_mask(**args, padded=padded, attn_implementation="sdpa")
+    stock = compat.causal_mask(**args)
+    if stock is None:
+        assert ours is None
+    else:
+        assert ours is not None and ours.dtype == stock.dtype == torch.bool
+        assert torch.equal(ours.expand_as(stock), stock)
+    assert (ours is None) == (not padded)

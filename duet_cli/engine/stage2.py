@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from duet_cli.compat import cache_from, causal_mask
+from duet_cli.compat import cache_from, causal_mask, decode_mask
 from duet_cli.engine.recorder import Recorder, RowDrops
 from duet_cli.errors import HookError, UnsupportedSetupError
 from duet_cli.families.base import FamilyAdapter
@@ -46,6 +46,8 @@ class Segment:
     shift: torch.Tensor  # (B,) subtract from stock decode positions (renumber mode)
     kwargs: dict[str, Any] | None = None  # substitutions for the current forward
     rope: torch.Tensor | None = None  # (3, B, Ls) M-RoPE positions of the prefill columns (M-RoPE only)
+    padded: bool = True  # whether mask2d has a zero (read once at prefill: decode steps never sync)
+    decoded: int = 0  # tokens decoded since the prefill (this segment's cache = Ls + decoded)
 
 
 @dataclass
@@ -79,6 +81,8 @@ class PyramidDropStage:
         self.forced: list[list[list[int]]] | None = None  # [drop][prompt] visual indices to keep
         self._pending_ids: torch.Tensor | None = None
         self._handles: list[Any] = []
+        self._swapped: list[tuple[nn.Module, Any]] = []
+        self._attn = "sdpa"
 
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
@@ -87,15 +91,23 @@ class PyramidDropStage:
         self._handles.append(owner.register_forward_pre_hook(self._capture_ids, with_kwargs=True))
         self._handles.append(self.lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
         self._handles.append(self.lm.register_forward_hook(self._lm_post, with_kwargs=True))
+        # the layers of segments 1.. get an instance-level forward instead of a pre-hook: a module with
+        # hooks takes torch's slow call path (~15 Python calls per layer per decode step), this costs one
         for i in range(self.starts[1], len(self.layers)):
-            self._handles.append(
-                self.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True)
-            )
+            layer = self.layers[i]
+            previous = vars(layer).get("forward")  # e.g. accelerate's own instance-level forward
+            self._swapped.append((layer, previous))
+            object.__setattr__(layer, "forward", self._layer_forward(i, layer, layer.forward))
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for layer, previous in reversed(self._swapped):
+            object.__delattr__(layer, "forward")
+            if previous is not None:
+                object.__setattr__(layer, "forward", previous)
+        self._swapped.clear()
         self.state = None
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -164,26 +176,30 @@ class PyramidDropStage:
         self.phase = "idle"
         return None
 
-    def _layer_hook(self, index: int) -> Any:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _layer_forward(self, index: int, layer: nn.Module, inner: Any) -> Any:
+        """Layer `index`'s forward with its segment's substitutions; the first layer of a segment drops
+        (prefill) or prepares the segment's decode mask (once per step for the whole segment)."""
+        s = bisect.bisect_right(self.starts, index) - 1
+        first = index == self.starts[s]
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
             state = self.state
             if state is None or not state.active or self.phase == "idle":
-                return None
-            s = bisect.bisect_right(self.starts, index) - 1
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if self.phase == "prefill" and index == self.starts[s]:
-                hidden = self._drop(s, index, module, hidden, kwargs)
-            elif self.phase == "decode" and state.segments[s].kwargs is None:
-                self._decode_segment(s, index, hidden, kwargs)
+                return inner(*args, **kwargs)
+            if args:
+                hidden, rest = args[0], args[1:]
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            if first:
+                if self.phase == "prefill":
+                    hidden = self._drop(s, index, layer, hidden, kwargs)
+                else:
+                    self._decode_segment(s, index, hidden, kwargs)
             seg_kwargs = state.segments[s].kwargs
             assert seg_kwargs is not None
-            kwargs = {**kwargs, **seg_kwargs}
-            if args:
-                return (hidden, *args[1:]), kwargs
-            kwargs["hidden_states"] = hidden
-            return args, kwargs
+            return inner(hidden, *rest, **{**kwargs, **seg_kwargs})
 
-        return hook
+        return forward
 
     # -- prefill --------------------------------------------------------------------------------
     def _start_prompt(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
@@ -217,6 +233,7 @@ class PyramidDropStage:
             active=any(n0),
         )
         self.recorder.rows = [RowDrops(n0=n) for n in n0]
+        self._attn = str(self.lm.config._attn_implementation)  # once per prompt, for the decode masks
 
     def _query_mask(self, ids: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         b, length = ids.shape
@@ -269,6 +286,7 @@ class PyramidDropStage:
             vis=gather_columns(prev.vis, index_map, fill=-1),
             mask2d=mask2d,
             shift=state.segments[0].mask2d.sum(dim=1) - mask2d.sum(dim=1),
+            padded=bool((mask2d == 0).any()),
         )
         new_pos: torch.Tensor | None
         if self.resolved.positions == "renumber":
@@ -333,26 +351,40 @@ class PyramidDropStage:
 
     # -- decode ---------------------------------------------------------------------------------
     def _decode_segment(self, s: int, index: int, hidden: torch.Tensor, kwargs: dict) -> None:
+        """One decode step's substitutions for every layer of segment s, made once at its first layer:
+        the mask against this segment's (shorter) cache and, when positions are renumbered, shifted
+        positions and their rotary tables. Kept positions need neither: the stock ones are right."""
         state = self.state
         assert state is not None
         seg = state.segments[s]
         past = cache_from(kwargs)
         b = hidden.shape[0]
-        seen = past.get_seq_length(index) if past is not None else 0
-        new_cols = seen + hidden.shape[1] - seg.mask2d.shape[1]
+        grown = seg.decoded + hidden.shape[1]  # columns after the prefill's, this step's included
         full = self._decode_mask
-        if full is not None:
-            extra = full[:, full.shape[1] - new_cols :].to(seg.mask2d)
+        if full is not None:  # generate() appends ones: a decoded column never adds padding
+            extra = full[:, full.shape[1] - grown :].to(seg.mask2d)
         else:
-            extra = torch.ones(b, new_cols, dtype=seg.mask2d.dtype, device=seg.mask2d.device)
+            extra = torch.ones(b, grown, dtype=seg.mask2d.dtype, device=seg.mask2d.device)
         mask2d = torch.cat([seg.mask2d, extra], dim=1)
+        seg.decoded = grown
         positions = kwargs["position_ids"]
-        if self.mrope:  # keep mode: the stock decode positions (rope deltas included) are already right
-            seg.kwargs = self._segment_kwargs(index, hidden, mask2d, positions, past, self._rope_in)
-            return
-        positions = positions.expand(b, -1) if positions.shape[0] != b else positions
-        positions = positions - seg.shift.unsqueeze(1)
-        seg.kwargs = self._segment_kwargs(index, hidden, mask2d, positions, past)
+        renumbered = self.resolved.positions == "renumber" and not self.mrope
+        if renumbered:
+            positions = positions.expand(b, -1) if positions.shape[0] != b else positions
+            positions = positions - seg.shift.unsqueeze(1)
+        mask = decode_mask(
+            config=self.lm.config,
+            inputs_embeds=hidden,
+            attention_mask=mask2d,
+            cache=past,
+            position_ids=positions,
+            layer_idx=index,
+            padded=seg.padded,
+            attn_implementation=self._attn,
+        )
+        seg.kwargs = {"attention_mask": mask}
+        if renumbered:
+            seg.kwargs |= {"position_ids": positions, "position_embeddings": self.rotary(hidden, positions)}
 
     def _segment_kwargs(
         self,
