@@ -164,7 +164,7 @@ def _load_torch(path: Path) -> Any:
     check_regular(path, "checkpoint file", CHECKPOINT_BYTES)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's own text is several lines of advice to pass weights_only=False
+    except pickle.UnpicklingError:  # torch's own text is several lines advising to turn weights_only off
         raise InputError(
             f"checkpoint file {path} holds more than tensors and plain data, and duet refuses to unpickle "
             "it (that could run code it carries)"
