@@ -6,6 +6,7 @@ Models load only where a run must finish (tiny-llava); every refusal is checked 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -300,12 +301,12 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonio, "_open_temp", on_full_disk)
 
 
-@pytest.fixture
-def file_size_limit() -> Iterator[int]:
-    """RLIMIT_FSIZE lowered to 4 KiB (the soft limit, restored after): a longer write gets EFBIG from the
-    kernel. Python ignores SIGXFSZ, so the write fails instead of killing the process."""
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[int]:
+    """RLIMIT_FSIZE lowered to `limit` bytes (the soft limit) around the write under test only: a longer
+    write gets EFBIG from the kernel (Python ignores SIGXFSZ, so the write fails instead of killing the
+    process). Restored before pytest reports the test: its own output file may be larger than that."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    limit = 4096
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:
         yield limit
@@ -323,10 +324,10 @@ def test_disk_full_is_one_line_and_leaves_the_target(tmp_path: Path) -> None:
     assert target.read_text() == "old" and listing(tmp_path) == ["out.json"]
 
 
-def test_file_size_limit_is_one_line_and_leaves_the_target(tmp_path: Path, file_size_limit: int) -> None:
+def test_file_size_limit_is_one_line_and_leaves_the_target(tmp_path: Path) -> None:
     target = tmp_path / "out.png"
-    with pytest.raises(InputError) as info:
-        jsonio.atomic_write_bytes(target, b"x" * (4 * file_size_limit))
+    with pytest.raises(InputError) as info, file_size_limit(4096) as limit:
+        jsonio.atomic_write_bytes(target, b"x" * (4 * limit))
     assert str(info.value) == f"cannot write {target}: File too large"
     assert listing(tmp_path) == []
 
@@ -367,13 +368,8 @@ def test_checkpoint_over_the_file_size_limit(tmp_path: Path) -> None:
     }
     first = checkpoint.save(tmp_path, 1, weights={"w": torch.zeros(4)}, state={"step": 1}, **kw)
     big = {"w": torch.zeros(1 << 16)}  # 256 KiB of weights
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
-    try:
-        with pytest.raises(InputError) as info:
-            checkpoint.save(tmp_path, 2, weights=big, state={"step": 2}, **kw)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    with pytest.raises(InputError) as info, file_size_limit(64 * 1024):
+        checkpoint.save(tmp_path, 2, weights=big, state={"step": 2}, **kw)
     final = checkpoint.checkpoint_root(tmp_path) / "step-00000002"
     assert str(info.value) == f"cannot write checkpoint {final}: File too large (os error 27)"
     assert listing(checkpoint.checkpoint_root(tmp_path)) == ["step-00000001"]  # no half folder
@@ -388,13 +384,8 @@ def test_trained_model_over_the_file_size_limit(tmp_path: Path, tiny_llava: Any)
     (out / "model" / "config.json").write_text("{}")  # the previous model: must survive
     loaded = SimpleNamespace(model=tiny_llava, processor=SimpleNamespace(save_pretrained=lambda folder: None))
     full = {f"model.{k}": v for k, v in tiny_llava.state_dict().items()}
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
-    try:
-        with pytest.raises(InputError) as info:
-            _save_model(loaded, full, out)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    with pytest.raises(InputError) as info, file_size_limit(64 * 1024):
+        _save_model(loaded, full, out)
     assert str(info.value).startswith(f"cannot write the trained model {out / 'model'}: File too large")
     assert listing(out) == ["model"] and listing(out / "model") == ["config.json"]
 
