@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from duet_cli import userfiles
 from duet_cli.errors import InputError
 from duet_cli.userfiles import IMAGE_BYTES, JSON_BYTES, read_text
 from duet_cli.video import Video
@@ -152,6 +153,12 @@ def _check_source(what: str, source: Any, allow_urls: bool, *, video: bool = Fal
         _refuse_url(what, source, allow_urls)
     elif kind == "data" and video:
         raise InputError(f"{what} {_label(source)}: a video must be a file (or a list of frame images)")
+    elif video and os.path.lexists(local := source.removeprefix("file://")):
+        # qwen-vl-utils opens a local video itself: a FIFO or a device there would block or never end
+        try:
+            userfiles.check_regular(local, "video", userfiles.VIDEO_BYTES)
+        except InputError as exc:
+            raise InputError(f"{what}: {exc}") from None
     elif kind not in ("file", "data", "path"):
         raise InputError(
             f"{what} {_label(source)}: {kind} is not a source duet reads (a file path, file://, data: URI, "

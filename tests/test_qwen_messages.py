@@ -4,6 +4,7 @@ the same answer as the path-based input when nothing is resized, one-line errors
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -336,3 +337,25 @@ def test_sources_and_sizes_duet_will_not_read_are_one_line(
         load_conversations(path, allow_urls=True)
     assert "\n" not in str(info.value) and "conversation 0" in str(info.value)
     assert no_network == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_local_video_that_is_not_a_regular_file_is_refused_before_reading(
+    tmp_path: Path, kind: str
+) -> None:
+    """qwen-vl-utils opens a message's local video itself: a FIFO there would block every command."""
+    clip = tmp_path / "clip.mp4"
+    if kind == "fifo":
+        os.mkfifo(clip)
+    else:
+        clip.mkdir()
+    path = tmp_path / "m.json"
+    path.write_text(
+        json.dumps(user({"type": "video", "video": str(clip)}, {"type": "text", "text": "what ?"}))
+    )
+    with pytest.raises(InputError) as info:
+        load_conversations(path)
+    shown = "a FIFO (pipe)" if kind == "fifo" else "a folder"
+    assert str(info.value) == (
+        f"{path}: conversation 0: video (content part 0): video {clip} is {shown}: give a regular file"
+    )
