@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from pngs import png_header
 
 from duet_cli import catalog, cli, userfiles
 from duet_cli.batchfile import read_batch
@@ -68,18 +67,6 @@ def fifo(tmp_path: Path, name: str) -> Path:
         pytest.skip("no FIFOs on this platform")
     path = tmp_path / name
     os.mkfifo(path)
-    return path
-
-
-def png_header(path: Path, width: int, height: int) -> Path:
-    """A PNG that claims width x height 1-bit pixels, with almost no data behind it (263 bytes or so)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
 
 

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageFile
+from pngs import png_header
 
 from duet_cli import media
 from duet_cli.errors import InputError
 from duet_cli.media import MAX_PIXELS, load_image
-
-
-def _png_header(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height 1-bit pixels, with almost no data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
-    return path
 
 
 def _assert_input_error(path: Path | str, *fragments: str) -> str:
@@ -90,7 +77,7 @@ def test_truncated_image_refused_even_if_pil_flag_is_on(
 )
 def test_decompression_bomb(tmp_path: Path, side: int) -> None:
     assert side * side > MAX_PIXELS
-    path = _png_header(tmp_path / f"bomb{side}.png", side, side)
+    path = png_header(tmp_path / f"bomb{side}.png", side, side)
     _assert_input_error(path, "too large")
 
 
