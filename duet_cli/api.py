@@ -74,6 +74,8 @@ def infer(
     device: str = "auto",
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    chat_template: str | None = None,
+    image_aspect: str | None = None,
     batch_size: int = 1,
     seed: int = 0,
     on_loaded: Callable[[LoadedModel], None] | None = None,
@@ -88,6 +90,8 @@ def infer(
     `frames` frames sampled uniformly. `min_pixels` / `max_pixels` bound the image size of
     dynamic-resolution models (Qwen2.5-VL). `model` may also be a `LoadedModel` (from `load_model`
     or an earlier call's `on_loaded`), which is then used as it is instead of loading again.
+    `chat_template` overrides the checkpoint's chat template; `image_aspect` is "pad" or "crop"
+    (LLaVA families; see duet_cli.image_aspect).
     """
 
     questions, paths, video_paths, ids = [], [], [], []
@@ -111,8 +115,8 @@ def infer(
     prompts = [Prompt(q, imgs, clip) for q, imgs, clip in zip(questions, pictures, clips, strict=True)]
     report = _answer(
         model, profile, prompts, ids, paths, video_paths, dtype=dtype, device=device, min_pixels=min_pixels,
-        max_pixels=max_pixels, batch_size=batch_size, seed=seed, on_loaded=on_loaded, on_batch=on_batch,
-        **generate,
+        max_pixels=max_pixels, chat_template=chat_template, image_aspect=image_aspect, batch_size=batch_size,
+        seed=seed, on_loaded=on_loaded, on_batch=on_batch, **generate,
     )  # fmt: skip
     if any(video_paths):
         report.provenance["frames"] = frames
@@ -132,6 +136,7 @@ def infer_messages(
     on_loaded: Callable[[LoadedModel], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     allow_urls: bool = False,
+    chat_template: str | None = None,
     **generate: Any,
 ) -> InferReport:
     """`infer` for Qwen-style message lists (one user turn each, optionally after a system message): the
@@ -152,7 +157,7 @@ def infer_messages(
         video_paths.append([v.path for v in videos])
     report = _answer(
         model, profile, prompts, [None] * len(prompts), paths, video_paths, dtype=dtype, device=device,
-        batch_size=batch_size, seed=seed, on_loaded=on_loaded, on_batch=on_batch,
+        batch_size=batch_size, seed=seed, on_loaded=on_loaded, on_batch=on_batch, chat_template=chat_template,
         system=next(iter(systems)) if systems else None, **generate,
     )  # fmt: skip
     report.provenance["media_reader"] = "qwen-vl-utils"
@@ -171,6 +176,8 @@ def _answer(
     device: str = "auto",
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    chat_template: str | None = None,
+    image_aspect: str | None = None,
     batch_size: int = 1,
     seed: int = 0,
     on_loaded: Callable[[LoadedModel], None] | None = None,
@@ -186,7 +193,10 @@ def _answer(
     if isinstance(model, LoadedModel):  # already loaded (e.g. several profiles on one model)
         loaded = model
     else:
-        loaded = load_model(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+        loaded = load_model(
+            model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+            chat_template=chat_template, image_aspect=image_aspect,
+        )  # fmt: skip
     if on_loaded is not None:
         on_loaded(loaded)
     if system is not None:
@@ -206,6 +216,8 @@ def _answer(
         device=str(loaded.device),
         seed=seed,
     )
+    prov["chat_template"] = loaded.chat.describe()
+    prov["image_aspect"] = loaded.image_aspect
     return InferReport(
         model=loaded.name,
         untrained=loaded.untrained,
@@ -222,11 +234,24 @@ def _answer(
 
 
 def with_system_prompt(loaded: LoadedModel, system: str) -> LoadedModel:
-    """The model with its chat template's system message replaced (ChatML templates only)."""
+    """The model with its chat template's system message set: a Jinja template renders it itself (and
+    must show it); duet's form replaces its ChatML system block."""
     import dataclasses
 
+    from duet_cli.chat_template import ChatTemplate
+
+    chat = loaded.chat
+    if chat.jinja is not None:
+        changed = dataclasses.replace(loaded, chat=chat.with_system(system))
+        probe = changed.chat.prompt(changed, "?", [], [])[0]
+        if system not in probe:
+            raise InputError(
+                f"model {loaded.name}: its chat template ({chat.source}) does not write a system message"
+            )
+        return changed
     head, sep, rest = loaded.template.partition("<|im_start|>system\n")
     if not sep:
         raise InputError(f"model {loaded.name}: its chat template has no system message to set")
     _, end, tail = rest.partition("<|im_end|>")
-    return dataclasses.replace(loaded, template=f"{head}{sep}{system}{end}{tail}")
+    text = f"{head}{sep}{system}{end}{tail}"
+    return dataclasses.replace(loaded, chat=ChatTemplate(chat.source, text=text, system=system))

@@ -78,6 +78,7 @@ class ModelCard:
     default_profile: str
     untrained: bool
     architecture: dict[str, Any]  # {"vision": {...}, "text": {...}}: see ARCHITECTURE_KEYS
+    image_aspect: str | None = None  # LLaVA families: "pad" or "crop" (absent: the processor's crop)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ def _parse_card(file: Path, root: Path) -> ModelCard:
             missing.extend(f"architecture.{part}.{k}" for k in keys if k not in section)
     if missing:
         raise ModelNotFoundError(f"model card {file} is missing: {', '.join(missing)}")
+    aspect = data.get("image_aspect")
+    if aspect is not None and aspect not in ("pad", "crop"):
+        raise ModelNotFoundError(f"model card {file}: image_aspect must be pad or crop, not {aspect!r}")
     return ModelCard(
         name=str(data["name"]),
         family=str(data["family"]),
@@ -123,6 +127,7 @@ def _parse_card(file: Path, root: Path) -> ModelCard:
         default_profile=str(data["default_profile"]),
         untrained=bool(data["untrained"]),
         architecture=arch,
+        image_aspect=str(aspect) if aspect is not None else None,
     )
 
 

@@ -110,7 +110,7 @@ def build_dynamic_inputs(
         ]
         image_cursor += len(p.images)
         video_cursor += len(p.videos)
-        text, start = adapter.build_prompt_counts(loaded.template, p.question, counts, video_counts)  # type: ignore[attr-defined]
+        text, start = loaded.chat.prompt(loaded, p.question, counts, video_counts)
         texts.append(text)
         starts.append(start)
     salient = session.llm is not None and session.resolved.queries == "salient"

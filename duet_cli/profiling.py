@@ -268,7 +268,7 @@ def profile_config_only(
 
 def _text_tokens(loaded: Any, question: str) -> tuple[int, int]:
     """(text tokens of the prompt, of them after the image block) with the model's own tokenizer."""
-    text, _ = loaded.adapter.build_prompt(loaded.template, question, 1, 1)
+    text, _ = loaded.chat.prompt(loaded, question, [1])
     ids = list(loaded.tokenizer(text)["input_ids"])
     image_id = loaded.adapter.image_token_id(loaded.model)
     if image_id not in ids:
@@ -307,6 +307,8 @@ def profile_measured(
     dtype: str = "auto",
     device: str = "auto",
     seed: int = 0,
+    chat_template: str | None = None,
+    image_aspect: str | None = None,
     on_loaded: Callable[[int], None] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> ProfileReport:
@@ -329,7 +331,9 @@ def profile_measured(
     pil = load_image(image)
     names = with_baseline(profiles)
     chosen = [load_profile(n) for n in names]  # a typo fails before the model loads
-    loaded = load_model(model, dtype=dtype, device=device)
+    loaded = load_model(
+        model, dtype=dtype, device=device, chat_template=chat_template, image_aspect=image_aspect
+    )
     dims = loaded.adapter.dims(loaded.model)
     resolved = [resolve_profile(p, dims) for p in chosen]
     arch = Architecture.from_config(loaded.model.config)
@@ -397,6 +401,8 @@ def profile_measured(
         device=str(loaded.device),
         seed=seed,
     )
+    prov["chat_template"] = loaded.chat.describe()
+    prov["image_aspect"] = loaded.image_aspect
     return ProfileReport(
         model=loaded.name,
         config_only=False,

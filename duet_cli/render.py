@@ -105,8 +105,21 @@ def _layer_label(first: int, last: int) -> str:
     return f"layer {first}" if first == last else f"layers {first}-{last}"
 
 
-def numbers_table(numbers: dict[str, Any], *, title: str | None = None) -> Table:
-    """The infer table, from an `infer_numbers` dict (use this when the dict is also printed as JSON)."""
+def setup_line(provenance: dict[str, Any]) -> str | None:
+    """The footer line saying how prompts and images were prepared (chat template, image aspect)."""
+    parts = []
+    chat = provenance.get("chat_template")
+    if isinstance(chat, dict):
+        parts.append(f"chat template: {chat.get('source')}")
+    aspect = provenance.get("image_aspect")
+    if aspect in ("pad", "crop"):
+        parts.append(f"images: {'padded to a square' if aspect == 'pad' else 'centre-cropped'} ({aspect})")
+    return "\n".join(parts) or None
+
+
+def numbers_table(numbers: dict[str, Any], *, title: str | None = None, footer: str | None = None) -> Table:
+    """The infer table, from an `infer_numbers` dict (use this when the dict is also printed as JSON).
+    `footer` (e.g. `setup_line`) ends the caption."""
     samples: list[dict[str, Any]] = numbers["samples"]
     n = len(samples)
     caption: str | None = None
@@ -123,6 +136,8 @@ def numbers_table(numbers: dict[str, Any], *, title: str | None = None) -> Table
     if n > 1:
         note = f"times are for the whole run of {n} samples"
         caption = f"{caption}; {note}" if caption else note
+    if footer:
+        caption = f"{caption}\n{footer}" if caption else footer
 
     table = Table(
         title=title or f"profile {numbers['profile']}, {numbers['num_layers']} decoder layers",

@@ -110,8 +110,9 @@ def tokens_table(numbers: dict[str, Any]) -> Table:
     return table
 
 
-def measured_table(numbers: dict[str, Any]) -> Table:
-    """One row per profile: median ± half-range times in ms, peak memory, speedup next to its bound."""
+def measured_table(numbers: dict[str, Any], footer: str | None = None) -> Table:
+    """One row per profile: median ± half-range times in ms, peak memory, speedup next to its bound;
+    `footer` (how prompts and images were prepared) ends the caption."""
     rss = numbers.get("process_max_rss_bytes")
     memory_note = (
         f"peak memory is CUDA-only (process max RSS: {fmt_memory(rss)})"
@@ -122,7 +123,7 @@ def measured_table(numbers: dict[str, Any]) -> Table:
         f"measured on {numbers['device']} ({numbers['dtype']}), {_batch_note(numbers)}, ms: "
         f"median ±half-range of {numbers['repeats']} runs after {numbers['warmup']} warm-up",
         "prefill = the language model's first forward; speedup = baseline / profile prefill time; "
-        f"bound = the FLOP ratio; {memory_note}",
+        f"bound = the FLOP ratio; {memory_note}" + (f"\n{footer}" if footer else ""),
         ["profile", "vision", "prefill", "decode\nper token", "peak\nmemory", "speedup", "bound"],
     )
     for r in numbers["rows"]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from duet_cli.chat_template import ChatTemplate
 from duet_cli.engine.session import ReductionSession
 from duet_cli.errors import InputError, ModelNotFoundError, UsageError
 from duet_cli.families import get_adapter
@@ -28,13 +29,19 @@ class LoadedModel:
     processor: Any
     tokenizer: Any
     adapter: FamilyAdapter
-    template: str
+    chat: ChatTemplate  # the chat template prompts are written with (duet_cli.chat_template)
     dtype: torch.dtype
     device: torch.device
     untrained: bool = False
     default_profile: str = "baseline"
     # dynamic-resolution families: (min_pixels, max_pixels) for the image processor; None = its default
     pixel_range: tuple[int | None, int | None] = (None, None)
+    image_aspect: str = "crop"  # LLaVA families: "pad" or "crop"; Qwen2.5-VL: "native" (image_aspect.py)
+
+    @property
+    def template(self) -> str:
+        """The chat template's text (Jinja, or duet's `<image>`/`{question}` form)."""
+        return self.chat.body
 
 
 @dataclass
@@ -93,15 +100,23 @@ def load_model(
     device: str = "auto",
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    chat_template: str | None = None,
+    image_aspect: str | None = None,
 ) -> LoadedModel:
     """Load a catalog name, a local folder or a hub id (offline-aware) with its processor.
 
-    `min_pixels` / `max_pixels` bound the image size of dynamic-resolution families (Qwen2.5-VL)."""
+    `min_pixels` / `max_pixels` bound the image size of dynamic-resolution families (Qwen2.5-VL).
+    `chat_template` (a file or a template string) overrides the checkpoint's own chat template
+    (duet_cli.chat_template); `image_aspect` ("pad" or "crop", LLaVA families) the card's or `crop`."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     from duet_cli.catalog import default_model, resolve_model
+    from duet_cli.chat_template import from_option, resolve
+    from duet_cli.image_aspect import resolve_aspect
 
     resolved = resolve_model(spec or default_model())
+    if chat_template is not None:
+        from_option(chat_template)  # a bad --chat-template fails before the model loads
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     kwargs = {"local_files_only": resolved.local_files_only}
@@ -121,19 +136,22 @@ def load_model(
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     card = resolved.card
-    return LoadedModel(
+    loaded = LoadedModel(
         name=card.name if card else resolved.spec,
         model=model,
         processor=processor,
         tokenizer=tokenizer,
         adapter=adapter,
-        template=card.chat_template if card else adapter.default_template,
+        chat=resolve(processor, tokenizer, card, adapter, chat_template),
         dtype=torch_dtype,
         device=dev,
         untrained=bool(card and card.untrained),
         default_profile=card.default_profile if card else "baseline",
         pixel_range=(min_pixels, max_pixels),
+        image_aspect=resolve_aspect(adapter, card, image_aspect),
     )
+    loaded.chat.check(loaded)
+    return loaded
 
 
 def check_question(question: str, placeholder: str = "<image>") -> None:
@@ -179,6 +197,7 @@ def check_context(loaded: LoadedModel, inputs: dict[str, Any], max_new_tokens: i
 def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequence[Prompt]) -> dict[str, Any]:
     """Tokenized, left-padded prompts with `tokens_per_image` placeholders per image (and
     `tokens_per_frame` per video frame), plus pixels."""
+    from duet_cli.image_aspect import prepare_images
     from duet_cli.media import check_image
     from duet_cli.methods.pyramiddrop.salient import salient_spans, salient_token_mask
 
@@ -204,9 +223,7 @@ def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequen
         if p.videos and not per_frame:
             raise InputError(f"model {loaded.name} takes images only, not video")
         video_tokens = [per_frame * len(v.frames) for v in p.videos]
-        text, start = adapter.build_prompt(
-            loaded.template, p.question, len(p.images), per_image, video_tokens=video_tokens
-        )
+        text, start = loaded.chat.prompt(loaded, p.question, [per_image] * len(p.images), video_tokens)
         texts.append(text)
         starts.append(start)
     salient = session.llm is not None and session.resolved.queries == "salient"
@@ -223,7 +240,7 @@ def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequen
             if n != per_frame * p.n_frames:
                 raise InputError(f"prompt has {n} video placeholders, expected {per_frame * p.n_frames}")
     inputs: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    images = [img for p in prompts for img in p.images]
+    images = prepare_images(loaded, [img for p in prompts for img in p.images])
     videos = [v.frames for p in prompts for v in p.videos]
     for key, pixels in adapter.pixel_inputs(loaded.processor, images, videos).items():
         inputs[key] = pixels.to(loaded.dtype)

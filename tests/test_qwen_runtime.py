@@ -14,6 +14,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor
 
+from duet_cli.chat_template import ChatTemplate
 from duet_cli.engine.session import apply_profile
 from duet_cli.errors import InputError
 from duet_cli.families.qwen2_5_vl import Qwen25VLAdapter
@@ -54,7 +55,7 @@ def loaded() -> LoadedModel:
         processor=processor,
         tokenizer=tokenizer(),
         adapter=Qwen25VLAdapter(),
-        template=TEMPLATE,
+        chat=ChatTemplate("test", text=TEMPLATE),
         dtype=torch.float32,
         device=torch.device("cpu"),
     )

@@ -125,7 +125,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
     source, _ = read_llava_json(DATA, None)
     order = Order(len(source), 0, 1, 2, 2)
     counts = [
-        sum(encode(lm.tokenizer, lm.adapter, lm.template, source[i], 102, 4).label_tokens for i in b)
+        sum(encode(lm, source[i], 102, 4).label_tokens for i in b)
         for r in range(2)
         for b in order.micro_batches(0, r)
     ]

@@ -4,7 +4,6 @@ stock Video-LLaVA processors): `duet infer --video`, `duet visualize --video` (t
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import sys
@@ -13,11 +12,10 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from tiny_video import tiny_video_llava_config, write_video
+from tiny_video import save_tiny_video_llava, write_video
 from typer.testing import CliRunner
 
 from duet_cli import cli
-from duet_cli.resources import models_dir
 from duet_cli.trace import ContextualGroup, DropPoint, ImageSelection, SampleTrace, VisualSpan
 
 pytest.importorskip("av")
@@ -29,34 +27,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A loadable Video-LLaVA checkpoint folder with random weights."""
-    import torch
-    from transformers import (
-        AddedToken,
-        AutoTokenizer,
-        VideoLlavaForConditionalGeneration,
-        VideoLlavaProcessor,
-    )
-    from transformers.models.video_llava import VideoLlavaImageProcessor, VideoLlavaVideoProcessor
-
-    root = tmp_path_factory.mktemp("tiny-video-llava")
-    tokenizer = AutoTokenizer.from_pretrained(models_dir() / "tiny-llava", local_files_only=True)
-    tokenizer.add_tokens([AddedToken("<video>", special=True, normalized=False)], special_tokens=True)
-    processor = VideoLlavaProcessor(
-        image_processor=VideoLlavaImageProcessor(),
-        video_processor=VideoLlavaVideoProcessor(),
-        tokenizer=tokenizer,
-    )
-    config = copy.deepcopy(tiny_video_llava_config(depth=8))
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.pad_token_id = tokenizer.pad_token_id
-    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
-    torch.manual_seed(0)
-    model = VideoLlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(root)
-    processor.save_pretrained(root)
-    return root
+    return save_tiny_video_llava(tmp_path_factory.mktemp("tiny-video-llava"))
 
 
 @pytest.fixture(scope="module")

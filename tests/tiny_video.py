@@ -177,3 +177,42 @@ def corrupt(src: Path, dst: Path, seed: int = 1) -> Path:
     data[start:stop] = rng.integers(0, 256, stop - start, dtype=np.uint8).tobytes()
     dst.write_bytes(bytes(data))
     return dst
+
+
+# the Video-LLaVA-7B-hf prompt format ("USER: <video>\n{question} ASSISTANT:") as a processor template
+VIDEO_LLAVA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'].upper() + ': ' }}{% endif %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'video' %}{{ '<video>\\n' }}{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def save_tiny_video_llava(root: Path, depth: int = 8, chat_template: str = VIDEO_LLAVA_TEMPLATE) -> Path:
+    """A loadable Video-LLaVA checkpoint folder with random weights: the tiny-llava tokenizer plus a
+    `<video>` token, stock Video-LLaVA image and video processors, and a processor chat template."""
+    from transformers import AddedToken, AutoTokenizer, VideoLlavaProcessor
+    from transformers.models.video_llava import VideoLlavaImageProcessor, VideoLlavaVideoProcessor
+
+    from duet_cli.catalog import models_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(models_dir() / "tiny-llava", local_files_only=True)
+    tokenizer.add_tokens([AddedToken("<video>", special=True, normalized=False)], special_tokens=True)
+    processor = VideoLlavaProcessor(
+        image_processor=VideoLlavaImageProcessor(),
+        video_processor=VideoLlavaVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+    )
+    config = copy.deepcopy(tiny_video_llava_config(depth=depth))
+    config.text_config.vocab_size = len(tokenizer)
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    torch.manual_seed(0)
+    model = VideoLlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(root)
+    processor.save_pretrained(root)
+    return root

@@ -8,14 +8,17 @@ from typing import Annotated
 import typer
 
 from duet_cli.commands.options import (
+    ChatTemplateOpt,
     DeviceOpt,
     DtypeOpt,
     FramesOpt,
+    ImageAspectOpt,
     JsonOpt,
     MaxPixelsOpt,
     MinPixelsOpt,
     ModelOpt,
     SeedOpt,
+    check_template_options,
 )
 from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
@@ -71,6 +74,8 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     min_pixels: MinPixelsOpt = None,
     max_pixels: MaxPixelsOpt = None,
+    chat_template: ChatTemplateOpt = None,
+    image_aspect: ImageAspectOpt = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -100,9 +105,12 @@ def eval_cmd(
         max_new_tokens=max_new_tokens,
         frames=frames,
         pixel_range=(min_pixels, max_pixels),
+        chat_template=chat_template,
+        image_aspect=image_aspect,
     )
+    check_template_options(chat_template, image_aspect)
     for name in ("results.json", "accuracy_vs_tokens.png"):  # before any model loads; never over an input
-        check_writable(out_dir / name, profile or [])
+        check_writable(out_dir / name, [*(profile or []), *([chat_template] if chat_template else [])])
     prepare_transformers()
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -140,6 +148,7 @@ def eval_cmd(
         device=device,
         seed=seed,
     )
+    prov |= cells[0].setup  # chat_template (source, kind, digest) and image_aspect
     prov["generation"] = {
         "max_new_tokens": max_new_tokens,
         "frames": next((c.settings["frames"] for c in cells if c.settings["frames"] is not None), None),
@@ -156,5 +165,7 @@ def eval_cmd(
         return
     for bench in dict.fromkeys(c.benchmark for c in cells):
         out.print(benchmark_table(numbers, bench))
-    out.print(summary_table(numbers))
+    from duet_cli.render import setup_line
+
+    out.print(summary_table(numbers, footer=setup_line(prov)))
     err.print(f"wrote {paths['results']} and {paths['plot']}")

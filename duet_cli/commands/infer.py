@@ -9,15 +9,18 @@ from typing import Annotated, Any
 import typer
 
 from duet_cli.commands.options import (
+    ChatTemplateOpt,
     DeviceOpt,
     DtypeOpt,
     FramesOpt,
+    ImageAspectOpt,
     JsonOpt,
     MaxPixelsOpt,
     MinPixelsOpt,
     ModelOpt,
     ProfileOpt,
     SeedOpt,
+    check_template_options,
 )
 from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
@@ -55,6 +58,8 @@ def infer(
     device: DeviceOpt = "auto",
     min_pixels: MinPixelsOpt = None,
     max_pixels: MaxPixelsOpt = None,
+    chat_template: ChatTemplateOpt = None,
+    image_aspect: ImageAspectOpt = None,
     messages: Annotated[
         Path | None,
         typer.Option(
@@ -80,7 +85,7 @@ def infer(
     from duet_cli import api
     from duet_cli.batchfile import read_batch
     from duet_cli.jsonio import atomic_write_text, check_writable, to_json
-    from duet_cli.render import answers_renderable, infer_numbers, numbers_table, untrained_notice
+    from duet_cli.render import answers_renderable, infer_numbers, numbers_table, setup_line, untrained_notice
 
     if batch is not None and (question is not None or image or video):
         raise UsageError("use either --batch FILE or --question/--image/--video, not both")
@@ -112,8 +117,9 @@ def infer(
     else:
         items = [(question or "", list(image or []))]
     check_rows(min(batch_size, len(items)), num_beams)  # what one forward pass will decode
+    check_template_options(chat_template, image_aspect, messages=messages is not None)
     if out_file is not None:  # before any model loads: never an input, a device or a FIFO
-        named = [*(image or []), *(video or []), *listed, batch, messages, profile]
+        named = [*(image or []), *(video or []), *listed, batch, messages, profile, chat_template]
         check_writable(out_file, [*named, *_message_media(conversations or [])])
     prepare_transformers()
 
@@ -145,11 +151,14 @@ def infer(
             "top_p": top_p,
         }
         if conversations is not None:
-            report = api.infer_messages(model, profile, conversations, allow_urls=allow_urls, **common)
+            report = api.infer_messages(
+                model, profile, conversations, allow_urls=allow_urls, chat_template=chat_template, **common
+            )
         else:
             report = api.infer(
-                model, profile, items, frames=frames, min_pixels=min_pixels, max_pixels=max_pixels, **common
-            )
+                model, profile, items, frames=frames, min_pixels=min_pixels, max_pixels=max_pixels,
+                chat_template=chat_template, image_aspect=image_aspect, **common,
+            )  # fmt: skip
     numbers = infer_numbers(report.trace)
     results: list[dict[str, Any]] = [
         {"id": i, "question": q, "images": imgs, "answer": a}
@@ -173,7 +182,8 @@ def infer(
     if report.untrained:
         err.print(untrained_notice(report.model))
     out.print(answers_renderable(report.questions, report.answers))
-    out.print(numbers_table(numbers, title=f"{report.model} · profile {report.profile.name}"))
+    title = f"{report.model} · profile {report.profile.name}"
+    out.print(numbers_table(numbers, title=title, footer=setup_line(report.provenance)))
 
 
 def _message_media(conversations: list[list[dict[str, Any]]]) -> list[str]:

@@ -56,3 +56,36 @@ MaxPixelsOpt = Annotated[
         "--max-pixels", min=1, help="Qwen2.5-VL: largest image area in pixels (fewer visual tokens)."
     ),
 ]
+ChatTemplateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chat-template",
+        help="A chat template file or string (Jinja, or duet's form with <image> and {question}) "
+        "instead of the checkpoint's own.",
+    ),
+]
+ImageAspectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-aspect",
+        help="LLaVA families: pad (to a square in the mean colour, as LLaVA-1.5 was trained) or crop "
+        "(the processor's centre crop). Default: the model card's, else crop.",
+    ),
+]
+
+
+def check_template_options(
+    chat_template: str | None, image_aspect: str | None, *, messages: bool = False
+) -> None:
+    """--chat-template and --image-aspect checked before any model loads (one line each)."""
+    from duet_cli.errors import UsageError
+
+    if chat_template is not None:
+        from duet_cli.chat_template import from_option
+
+        from_option(chat_template)
+    if image_aspect is not None:
+        if messages:
+            raise UsageError("--image-aspect is not for --messages (Qwen2.5-VL keeps each image's aspect)")
+        if image_aspect not in ("pad", "crop"):
+            raise UsageError(f"--image-aspect {image_aspect!r}: choose pad or crop")

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from duet_cli.commands.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SeedOpt
+from duet_cli.commands.options import (
+    ChatTemplateOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ImageAspectOpt,
+    JsonOpt,
+    ModelOpt,
+    SeedOpt,
+    check_template_options,
+)
 from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
 
@@ -59,6 +68,8 @@ def profile(
     ] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
+    chat_template: ChatTemplateOpt = None,
+    image_aspect: ImageAspectOpt = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -70,6 +81,9 @@ def profile(
     if text_tokens is not None and not config_only:
         raise UsageError("--text-tokens is for --config-only (a measured run counts the prompt's tokens)")
     names = list(profiles or [])
+    check_template_options(chat_template, image_aspect)
+    if config_only and (chat_template is not None or image_aspect is not None):
+        raise UsageError("--chat-template and --image-aspect are for a measured run, not --config-only")
     if config_only:
         from duet_cli.catalog import default_model, get_card, list_cards
 
@@ -110,6 +124,8 @@ def profile(
                 dtype=dtype,
                 device=device,
                 seed=seed,
+                chat_template=chat_template,
+                image_aspect=image_aspect,
                 on_loaded=lambda total: progress.update(task, total=total, description="profiling"),
                 on_step=lambda name: progress.update(task, advance=1, description=name),
             )
@@ -125,6 +141,8 @@ def profile(
     out.print(tokens_table(numbers))
     out.print(flops_table(numbers))
     if not report.config_only:
-        out.print(measured_table(numbers))
+        from duet_cli.render import setup_line
+
+        out.print(measured_table(numbers, footer=setup_line(report.provenance or {})))
     if layers:
         out.print(ledger_table(numbers))

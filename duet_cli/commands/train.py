@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from duet_cli.commands.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, SeedOpt
+from duet_cli.commands.options import (
+    ChatTemplateOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ImageAspectOpt,
+    JsonOpt,
+    ModelOpt,
+    SeedOpt,
+    check_template_options,
+)
 from duet_cli.console import err, out, print_json
 
 
@@ -70,6 +79,8 @@ def train(
     ] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
+    chat_template: ChatTemplateOpt = None,
+    image_aspect: ImageAspectOpt = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -109,7 +120,10 @@ def train(
         dtype=dtype,
         mixed_precision=mixed_precision,
         device=device,
+        chat_template=chat_template,
+        image_aspect=image_aspect,
     )
+    check_template_options(chat_template, image_aspect)
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -149,6 +163,7 @@ def train(
         device=device,
         seed=seed,
     )
+    prov |= report.setup  # chat_template (source, kind, digest) and image_aspect
     files = write_outputs(report, out_dir, prov)
     if json_out:
         from duet_cli.training.report import numbers

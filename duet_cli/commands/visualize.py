@@ -9,14 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from duet_cli.commands.options import (
+    ChatTemplateOpt,
     DeviceOpt,
     DtypeOpt,
     FramesOpt,
+    ImageAspectOpt,
     JsonOpt,
     MaxPixelsOpt,
     MinPixelsOpt,
     ModelOpt,
     SeedOpt,
+    check_template_options,
 )
 from duet_cli.console import err, out, prepare_transformers, print_json
 from duet_cli.errors import UsageError
@@ -66,6 +69,8 @@ def visualize(
     device: DeviceOpt = "auto",
     min_pixels: MinPixelsOpt = None,
     max_pixels: MaxPixelsOpt = None,
+    chat_template: ChatTemplateOpt = None,
+    image_aspect: ImageAspectOpt = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -82,10 +87,13 @@ def visualize(
         raise UsageError("give --out FILE.png")
     if out_file.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png file, not {out_file.name!r}")
-    check_writable(out_file, [*(image or []), video, *(profile or [])])  # never over an input
+    check_template_options(chat_template, image_aspect)
+    named = [*(image or []), video, *(profile or []), *([chat_template] if chat_template else [])]
+    check_writable(out_file, named)  # never over an input
 
     from duet_cli import api
-    from duet_cli.render import infer_numbers, numbers_table, untrained_notice
+    from duet_cli.image_aspect import prepare_images
+    from duet_cli.render import infer_numbers, numbers_table, setup_line, untrained_notice
     from duet_cli.runtime import check_question
     from duet_cli.visualize import FigureRow, render_figure, render_video_figure, write_png
     from duet_cli.visualize.draw import CELL, VIDEO_CELL
@@ -122,6 +130,8 @@ def visualize(
                     device=device,
                     min_pixels=min_pixels,
                     max_pixels=max_pixels,
+                    chat_template=chat_template,
+                    image_aspect=image_aspect,
                     seed=seed,
                     on_loaded=remember_grid,
                     max_new_tokens=max_new_tokens,
@@ -141,7 +151,8 @@ def visualize(
         )
     else:
         header = [f"{first.model}{untrained} · {question}", " + ".join(str(p) for p in image or [])]
-        figure = render_figure(pictures, rows, header=header, cell=patch_px or CELL)
+        seen = prepare_images(shared[0], pictures)  # padded to a square: the whole image is in view
+        figure = render_figure(seen, rows, header=header, cell=patch_px or CELL)
     write_png(out_file, figure)
 
     numbers = [infer_numbers(r.trace) for r in reports]
@@ -167,7 +178,8 @@ def visualize(
     if first.untrained:
         err.print(untrained_notice(first.model))
     for r, n in zip(reports, numbers):
-        out.print(numbers_table(n, title=f"{r.model} · profile {r.profile.name}"))
+        title = f"{r.model} · profile {r.profile.name}"
+        out.print(numbers_table(n, title=title, footer=setup_line(r.provenance)))
     err.print(f"wrote {out_file} ({figure.width}x{figure.height} px)", markup=False)
 
 

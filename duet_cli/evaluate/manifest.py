@@ -18,7 +18,10 @@ from duet_cli.userfiles import JSON_BYTES, read_text
 FORMAT = 1
 # every field a prediction depends on; benchmark and split are recorded for the reader, but the data a
 # row was made from is checked per record (`record_digest`), so a larger --limit still resumes
-COMPARED = ("format", "model", "profile_hash", "dtype", "max_new_tokens", "seed", "frames", "pixels")
+COMPARED = (
+    "format", "model", "profile_hash", "dtype", "max_new_tokens", "seed", "frames", "pixels",
+    "chat_template", "image_aspect",
+)  # fmt: skip
 _SHOWN = 40  # characters of a value shown in a refusal
 
 
@@ -53,8 +56,20 @@ def expected(
     pixels: tuple[int | None, int | None],
     benchmark: str,
     split: str | None,
+    chat_template: str | None = None,
+    image_aspect: str | None = None,
 ) -> dict[str, Any]:
-    """The manifest a run with these settings writes (`frames` None when the benchmark has no video)."""
+    """The manifest a run with these settings writes (`frames` None when the benchmark has no video).
+
+    `chat_template`: the --chat-template given (recorded by digest; None: the model's own, which the
+    model identity covers); `image_aspect`: --image-aspect, else the catalog card's (None: the
+    processor's crop), so predictions made under another aspect are never resumed into."""
+    from duet_cli.chat_template import from_option
+    from duet_cli.image_aspect import declared_aspect
+
+    template = None
+    if chat_template is not None:
+        template = from_option(chat_template).describe()["sha256"]
     return {
         "format": FORMAT,
         "model": model_identity(model),
@@ -65,6 +80,8 @@ def expected(
         "seed": seed,
         "frames": frames,
         "pixels": list(pixels),
+        "chat_template": template,
+        "image_aspect": declared_aspect(model, image_aspect),
         "benchmark": benchmark,
         "split": split,
     }

@@ -95,8 +95,11 @@ def benchmark_table(numbers: dict[str, Any], benchmark: str) -> Table:
     return table
 
 
-def summary_table(numbers: dict[str, Any]) -> Table:
-    table = Table(title="Avg Accuracy (%): mean over benchmarks of score / baseline score x 100")
+def summary_table(numbers: dict[str, Any], footer: str | None = None) -> Table:
+    """The summary over benchmarks; `footer` (how prompts and images were prepared) as its caption."""
+    table = Table(
+        title="Avg Accuracy (%): mean over benchmarks of score / baseline score x 100", caption=footer
+    )
     for col in ("profile", "family", "Avg Accuracy (%)", "avg tokens"):
         table.add_column(col, justify="left" if col in ("profile", "family") else "right", no_wrap=True)
     for s in numbers["summary"]:

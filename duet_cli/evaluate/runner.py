@@ -51,6 +51,8 @@ class EvalConfig:
     max_new_tokens: int = 16
     frames: int = 8  # frames sampled uniformly from each video of a video benchmark
     pixel_range: tuple[int | None, int | None] = (None, None)  # Qwen2.5-VL --min-pixels / --max-pixels
+    chat_template: str | None = None  # --chat-template (a file or a template string)
+    image_aspect: str | None = None  # --image-aspect (LLaVA families): pad or crop
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Cell:
     profile_hash: str = ""
     first_error: str | None = None  # why the first failed record failed
     settings: dict[str, Any] = field(default_factory=dict)  # the manifest its predictions were made under
+    setup: dict[str, Any] = field(default_factory=dict)  # how the loaded model prompts: template, aspect
 
 
 @dataclass
@@ -173,6 +176,8 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> list[Cell] | 
             cells = [
                 _score(cfg, prepared[b], b, c, wants[(b, c.stem)], ranks) for b in prepared for c in chosen
             ]
+            for cell in cells:
+                cell.setup = {"chat_template": loaded.chat.describe(), "image_aspect": loaded.image_aspect}
         _check_scored(cells, progress)
         return cells
     finally:
@@ -213,6 +218,8 @@ def _settings(cfg: EvalConfig, c: Chosen, bench_name: str, prep: Prepared, dtype
         seed=cfg.seed,
         frames=cfg.frames if any(r.videos for r in prep.records) else None,  # images ignore --frames
         pixels=cfg.pixel_range,
+        chat_template=cfg.chat_template,
+        image_aspect=cfg.image_aspect,
         benchmark=bench_name,
         split=cfg.split,
     )
@@ -247,8 +254,9 @@ def _load_model(cfg: EvalConfig, ranks: Ranks) -> Any:
 
     lo, hi = cfg.pixel_range
     return load_model(
-        cfg.model, dtype=cfg.dtype, device=device_for(ranks, cfg.device), min_pixels=lo, max_pixels=hi
-    )
+        cfg.model, dtype=cfg.dtype, device=device_for(ranks, cfg.device), min_pixels=lo, max_pixels=hi,
+        chat_template=cfg.chat_template, image_aspect=cfg.image_aspect,
+    )  # fmt: skip
 
 
 def _answer(

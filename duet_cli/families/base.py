@@ -17,6 +17,8 @@ class FamilyAdapter(Protocol):
     # the owner has a stock `get_<modality>_features` method (what forward() and generate() call).
     modalities: tuple[str, ...]
     placeholders: tuple[str, ...]  # the prompt placeholders a question may not contain
+    # the marker a Jinja chat template writes for each image / video (duet repeats it to the count)
+    media_markers: tuple[tuple[str, str], ...]  # (modality, marker) pairs
     # position rows the decoder rotary reads: 1 (Llama) or 3 (M-RoPE: temporal, height, width)
     rope_rows: int
     # the chat template of a model with no catalog card ("<image>" and "{question}" placeholders)

@@ -60,6 +60,7 @@ class LlavaAdapter:
     family = "llava"
     modalities: tuple[str, ...] = ("image",)
     placeholders: tuple[str, ...] = (IMAGE_PLACEHOLDER,)
+    media_markers: tuple[tuple[str, str], ...] = (("image", IMAGE_PLACEHOLDER),)  # Jinja markers
     rope_rows = 1
     default_template = "USER: <image>\n{question} ASSISTANT:"
     answer_prefix, turn_suffix = " ", ""  # LLaVA-1.5 "v1": "... ASSISTANT: A1</s>USER: Q2 ..."

@@ -47,6 +47,7 @@ class Qwen25VLAdapter:
     family = "qwen2_5_vl"
     modalities: tuple[str, ...] = ("image", "video")
     placeholders: tuple[str, ...] = (IMAGE_MARK, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)
+    media_markers: tuple[tuple[str, str], ...] = (("image", IMAGE_PAD), ("video", VIDEO_PAD))
     rope_rows = 3  # M-RoPE: temporal, height and width position rows
     default_template = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

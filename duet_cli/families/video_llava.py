@@ -46,6 +46,7 @@ class VideoLlavaAdapter:
     family = "video_llava"
     modalities: tuple[str, ...] = ("image", "video")
     placeholders: tuple[str, ...] = (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)
+    media_markers: tuple[tuple[str, str], ...] = (("image", IMAGE_PLACEHOLDER), ("video", VIDEO_PLACEHOLDER))
     rope_rows = 1
     default_template = "USER: <video>\n{question} ASSISTANT:"
     answer_prefix, turn_suffix = " ", ""

@@ -1,6 +1,8 @@
 """Sequences and labels for training, left-padded batches, and the seeded data order.
 
-A conversation becomes (the LLaVA-1.5 "v1" format, with the model's own template and eos):
+A conversation is written with the model's chat template (duet_cli.chat_template): a Jinja template
+(the checkpoint's own, or --chat-template) renders the turns itself, and its assistant turns are
+labelled. With duet's own template form it becomes (the LLaVA-1.5 "v1" format, with the model's eos):
 
     <bos>USER: <image>x N\\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>...
 
@@ -50,14 +52,14 @@ def conversation_text(
     return text, spans
 
 
-def encode(
-    tokenizer: Any, adapter: Any, template: str, conv: Conversation, tokens_per_image: int, image_id: int
-) -> Encoded:
-    """Token ids and labels of one conversation (see the module docstring for the format)."""
+def encode(loaded: Any, conv: Conversation, tokens_per_image: int, image_id: int) -> Encoded:
+    """Token ids and labels of one conversation, written with the model's chat template
+    (`loaded.chat.conversation`: a Jinja template's own turns, or the format above)."""
+    tokenizer = loaded.tokenizer
     eos = tokenizer.eos_token
     if not eos:
         raise InputError("the tokenizer has no eos token; training needs one to end each answer")
-    text, spans = conversation_text(adapter, template, conv.turns, eos, tokens_per_image)
+    text, spans = loaded.chat.conversation(loaded, conv.turns, tokens_per_image, eos)
     enc = tokenizer(text, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     labels = []

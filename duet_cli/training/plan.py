@@ -22,6 +22,8 @@ SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_
 # a resumed run must agree with its checkpoint on these (they decide data order and the schedule)
 RESUME_KEYS = (
     "model",
+    "chat_template",
+    "image_aspect",
     "data",
     "samples",
     "profile_hash",
@@ -64,6 +66,8 @@ class TrainConfig:
     dtype: str = "auto"  # auto = float32 master weights (use --mixed-precision for bf16 compute)
     mixed_precision: str | None = None  # no / bf16 / fp16; None = accelerate's config or env
     device: str = "auto"
+    chat_template: str | None = None  # --chat-template (a file or a string): instead of the model's own
+    image_aspect: str | None = None  # --image-aspect (LLaVA families): pad or crop
 
 
 @dataclass
@@ -117,9 +121,15 @@ def _check_options(cfg: TrainConfig) -> None:
 def settings(cfg: TrainConfig, plan_samples: int, profile_hash: str, global_batch: int, total: int) -> dict:
     """The run's settings as stored in every checkpoint (and compared on --resume)."""
     from duet_cli.catalog import default_model
+    from duet_cli.chat_template import from_option
+    from duet_cli.image_aspect import declared_aspect
 
+    model = cfg.model or default_model()
+    template = from_option(cfg.chat_template).describe()["sha256"] if cfg.chat_template else None
     return {
-        "model": cfg.model or default_model(),
+        "model": model,
+        "chat_template": template,  # the --chat-template's digest (None: the model's own)
+        "image_aspect": declared_aspect(model, cfg.image_aspect),
         "data": cfg.data,
         "samples": plan_samples,
         "profile": cfg.profile,

@@ -24,6 +24,7 @@ from torch import nn
 
 from duet_cli.engine.training import IGNORE, reduced_loss
 from duet_cli.errors import DuetError, InputError
+from duet_cli.image_aspect import prepare_images
 from duet_cli.training import checkpoint
 from duet_cli.training.collate import Order, collate, encode
 from duet_cli.training.plan import SCHEDULES, Plan, TrainConfig, check_resume, make_plan, settings
@@ -73,6 +74,7 @@ class TrainReport:
     trainable_parameters: int
     history: list[list[float]] = field(default_factory=list)  # [step, loss, lr]
     files: dict[str, str] = field(default_factory=dict)
+    setup: dict[str, Any] = field(default_factory=dict)  # chat template and image aspect of the run
 
 
 class LossModule(nn.Module):
@@ -164,9 +166,7 @@ class Batches:
             merged = [int(t * h * w) // merge for t, h, w in grids]
             counts = [self.session.tokens_for_image(n) for n in merged]
             self.unreduced = [self.unreduced[0] + sum(merged), self.unreduced[1] + len(merged)]
-        enc = [
-            encode(lm.tokenizer, lm.adapter, lm.template, c, n, self.image_id) for c, n in zip(convs, counts)
-        ]
+        enc = [encode(lm, c, n, self.image_id) for c, n in zip(convs, counts)]
         return convs, enc, pixels
 
     def batch(
@@ -179,7 +179,7 @@ class Batches:
             batch["image_grid_thw"] = parts["image_grid_thw"]
             batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_id).int()
         else:
-            images = [_image(c) for c in convs]
+            images = prepare_images(self.loaded, [_image(c) for c in convs])
             values = self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
             batch["pixel_values"] = values.to(self.loaded.dtype)
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -228,7 +228,10 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, source: Source | None = 
     prepare_transformers()
     hooks.describe("loading model")
     dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
-    loaded = load_model(cfg.model, dtype=dtype, device=str(accelerator.device))
+    loaded = load_model(
+        cfg.model, dtype=dtype, device=str(accelerator.device), chat_template=cfg.chat_template,
+        image_aspect=cfg.image_aspect,
+    )  # fmt: skip
     model = loaded.model
     trainable = set_trainable(model, loaded.adapter, cfg.train)
     state: dict[str, Any] = {"step": 0, "history": [], "totals": [0.0, 0.0, 0.0, 0.0]}
@@ -264,6 +267,7 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, source: Source | None = 
         hooks.describe("saving model")
         full = accelerator.get_state_dict(module)
     report.trainable_parameters = trainable
+    report.setup = {"chat_template": loaded.chat.describe(), "image_aspect": loaded.image_aspect}
     total, samples = batches.unreduced
     report.unreduced_visual_tokens = total / samples if samples else session.dims.unreduced_tokens
     if main:
