@@ -108,6 +108,7 @@ def llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.invariant
 def test_llava_checkpoint_template_gives_the_stock_prompt_and_answer(llava: Path) -> None:
     question = "What color is the circle?"
     image = Image.open(SHAPES).convert("RGB")
@@ -235,6 +236,7 @@ def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.invariant
 def test_qwen_template_without_a_system_message_gives_the_stock_answer(qwen: Path) -> None:
     question = "what color is the circle ?"
     image = Image.open(SHAPES).convert("RGB")
@@ -286,6 +288,7 @@ def video_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.mark.invariant
 def test_video_llava_template_gives_the_stock_answer_on_a_video(video_llava: Path, tmp_path: Path) -> None:
     from tiny_video import write_video
 
@@ -325,6 +328,7 @@ def naive_pad(image: Image.Image, mean: list[float]) -> Image.Image:
     return canvas
 
 
+@pytest.mark.invariant
 def test_pad_feeds_a_naive_pad_then_process_and_answers_as_stock(tmp_path: Path) -> None:
     from transformers import AutoProcessor
 
