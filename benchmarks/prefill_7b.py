@@ -1,4 +1,4 @@
-"""Prefill benchmark on the true LLaVA-1.5-7B geometry with random bf16 weights (no checkpoint needed).
+"""Prefill benchmark on the true LLaVA-1.5-7B geometry with random weights (no checkpoint needed).
 
 What it measures, side by side in ONE run (every measurement interleaved across repeats, medians
 reported, so that a shared or throttled CPU slows all rows alike and the *ratios* stay meaningful):
@@ -27,15 +27,28 @@ reported, so that a shared or throttled CPU slows all rows alike and the *ratios
 Command (repo root, venv active):
 
     HF_HUB_OFFLINE=1 python benchmarks/prefill_7b.py --repeats 7      # full run, 32 decoder layers
-    HF_HUB_OFFLINE=1 python benchmarks/prefill_7b.py --quick          # 8 decoder layers, smoke test
+    HF_HUB_OFFLINE=1 python benchmarks/prefill_7b.py --quick          # 4 decoder layers, one repeat
 
-Options: --repeats R (3), --profiles P... , --threads T (torch.set_num_threads), --quick,
---out PATH (benchmarks/results/prefill_7b.json).
+Options: --repeats R (3; 1 with --quick), --profiles P... , --threads T (torch.set_num_threads),
+--quick, --layers N (decoder layers: 32; 4 with --quick), --dtype auto|bfloat16|float32 (auto),
+--device cpu|cuda (cpu), --out PATH (benchmarks/results/prefill_7b.json), --image.
 
-Expectations on a 2-core CPU with AMX-bf16: building the model takes ~70 s, the untimed warm-up pass
-~2.5 minutes, each repeat 40-60 s (every profile, every floor and the vision variants once): ~6 minutes
-with 3 repeats, ~10 with 7; --quick about a minute. Memory: ~14.5 GB resident for the weights
-(7.06 B parameters in bf16) plus well under 1 GB of activations; one such model per machine at a time.
+The dtype. `auto` takes bf16 where it runs in hardware (a CUDA device with bf16; a CPU with AMX-bf16 or
+AVX512-BF16 by /proc/cpuinfo, or whose timed bf16 matmul probe is not slower than fp32), else fp32: on
+an AVX2-only CPU bf16 is emulated, 17-56x slower than fp32 (the probe on a 2-core AMD EPYC). The JSON
+records the dtype used and why. Before building, the weights' size is checked against the free memory
+(fp32 7B weights need 26.3 GiB; the script stops with one line naming a --layers that fits), and the
+stock forward that opens the run is timed to print an estimate of the whole run before it starts; a
+status line follows every profile of every pass.
+
+Expectations. 2-core CPU with AMX-bf16 (bf16): build ~70 s, warm-up pass ~2.5 minutes, each repeat
+40-60 s: ~6 minutes with 3 repeats, ~10 with 7; ~14.5 GB resident (7.06 B parameters).
+2-core AMD EPYC, AVX2 only (fp32): the 32-layer model (26.3 GiB of fp32 weights) does not fit in its
+24 GB and is refused before anything is built; a decoder layer forward over the prompt takes 8.5-16 s
+there, depending on the load, so even a pass that fits takes tens of minutes. --quick (4 layers, the
+fewest on which the duet profiles' drops resolve; pdrop-192, which needs 6, is left out with a note;
+one repeat, no warm-up pass) took 550 s at a load average of 4-5, 6.8 GB peak. On a GPU (bf16) a pass
+takes seconds: benchmarks/gpu_check.py runs this benchmark there. benchmarks/README.md has the table.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +69,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import GIB, DtypeChoice, Progress, available_bytes, choose_dtype, sync  # noqa: E402
 from transformers import (  # noqa: E402
     CLIPVisionConfig,
     DynamicCache,
@@ -66,6 +82,7 @@ from transformers import (  # noqa: E402
 
 from duet_cli.compat import cache_arg, output_cache  # noqa: E402
 from duet_cli.engine.session import apply_profile  # noqa: E402
+from duet_cli.errors import ProfileError  # noqa: E402
 from duet_cli.families import get_adapter  # noqa: E402
 from duet_cli.flops import Architecture, kv_cache_bytes, tokens_per_layer  # noqa: E402
 from duet_cli.methods.pyramiddrop.rank import (  # noqa: E402
@@ -83,19 +100,29 @@ DEFAULT_PROFILES = ["visionzip-192", "pdrop-192", "duet-192", "duet-128", "duet-
 IMAGE_TOKEN_ID = 32000
 TEXT_BEFORE = 6  # BOS + "USER:" -ish tokens before the image block
 TEXT_AFTER = 34  # question + " ASSISTANT:" after it: 40 text tokens in all
-BYTES = 2  # bf16
+QUICK_LAYERS = 4  # the fewest on which the duet profiles' drops (1/2 and 3/4 of the depth) resolve
+MEMORY_MARGIN = GIB  # activations, the cache and the allocator's slack next to the weights
+# LLaVA-1.5-7B's widths, and tiny ones (for a smoke test of the machinery: benchmarks/gpu_check.py
+# --quick) that keep the CLIP patch geometry (336 px / 14 = 576 patches), so every profile resolves alike
+WIDTHS: dict[str, dict[str, int]] = {
+    "7b": {"vision_hidden": 1024, "vision_ffn": 4096, "vision_layers": 24, "vision_heads": 16,
+           "hidden": 4096, "ffn": 11008, "heads": 32},
+    "tiny": {"vision_hidden": 64, "vision_ffn": 128, "vision_layers": 3, "vision_heads": 4,
+             "hidden": 128, "ffn": 256, "heads": 4},
+}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
 # Model
 
 
-def build_config(decoder_layers: int) -> LlavaConfig:
+def build_config(decoder_layers: int, widths: str = "7b") -> Any:
+    w = WIDTHS[widths]
     vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
+        hidden_size=w["vision_hidden"],
+        intermediate_size=w["vision_ffn"],
+        num_hidden_layers=w["vision_layers"],
+        num_attention_heads=w["vision_heads"],
         image_size=336,
         patch_size=14,
         projection_dim=768,
@@ -103,35 +130,70 @@ def build_config(decoder_layers: int) -> LlavaConfig:
         layer_norm_eps=1e-5,
     )
     text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
+        hidden_size=w["hidden"],
+        intermediate_size=w["ffn"],
         num_hidden_layers=decoder_layers,
-        num_attention_heads=32,
-        num_key_value_heads=32,
+        num_attention_heads=w["heads"],
+        num_key_value_heads=w["heads"],
         vocab_size=32064,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=IMAGE_TOKEN_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-    )
+    settings: dict[str, Any] = {
+        "image_token_id": IMAGE_TOKEN_ID,  # the keyword of transformers 5 (its type stubs lag behind)
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "projector_hidden_act": "gelu",
+    }
+    config: Any = LlavaConfig(vision_config=vision, text_config=text, **settings)
     config._attn_implementation = "sdpa"
     config.vision_config._attn_implementation = "sdpa"
     config.text_config._attn_implementation = "sdpa"
     return config
 
 
-def build_model(config: LlavaConfig) -> Any:
-    """Meta construction, empty bf16 storage, fast random fill, non-persistent buffers re-created."""
+def weight_bytes(config: Any, dtype: torch.dtype) -> tuple[int, int]:
+    """(bytes of all weights, bytes of one decoder layer) in `dtype`, from a meta-device model."""
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
-    model = model.to(torch.bfloat16).to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
+    size = torch.empty((), dtype=dtype).element_size()
+    total = sum(p.numel() for p in model.parameters()) * size
+    layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters()) * size
+    return total, layer
+
+
+class DoesNotFit(RuntimeError):
+    """The weights would not fit in the free memory (raised before anything is allocated)."""
+
+
+def check_memory(config: Any, dtype: torch.dtype, device: torch.device) -> str:
+    """A line saying what the weights need and what there is; raises DoesNotFit (one line, naming a
+    --layers that fits) when they do not fit."""
+    total, layer = weight_bytes(config, dtype)
+    room = available_bytes(device)
+    layers = config.text_config.num_hidden_layers
+    need = total + MEMORY_MARGIN
+    line = f"weights {total / GIB:.1f} GiB ({str(dtype).removeprefix('torch.')}, {layers} decoder layers)"
+    if room is None:
+        return line + "; free memory unknown"
+    line += f", {room / GIB:.1f} GiB free on {device.type}"
+    if need > room:
+        fits = int((room - MEMORY_MARGIN - (total - layers * layer)) // layer)
+        hint = f"--layers {fits} fits" if fits >= QUICK_LAYERS else "no --layers fits"
+        raise DoesNotFit(
+            f"the model does not fit: {line} ({layer / GIB:.2f} GiB per decoder layer; {hint}, "
+            "or try another --dtype)"
+        )
+    return line
+
+
+def build_model(config: Any, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> Any:
+    """Meta construction, empty storage, fast random fill, non-persistent buffers re-created."""
+    model: Any
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model = model.to(dtype).to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
@@ -142,16 +204,20 @@ def build_model(config: LlavaConfig) -> Any:
             else:
                 p.normal_(0.0, 0.02, generator=gen)
     lm = model.model.language_model
-    lm.rotary_emb = type(lm.rotary_emb)(config=config.text_config)  # inv_freq in fp32, as loaded models
+    # inv_freq in fp32, as loaded models have it
+    lm.rotary_emb = type(lm.rotary_emb)(config=config.text_config).to(device)
     emb = model.model.vision_tower.embeddings
-    emb.register_buffer("position_ids", torch.arange(emb.num_positions).expand((1, -1)), persistent=False)
+    positions = torch.arange(emb.num_positions, device=device).expand((1, -1))
+    emb.register_buffer("position_ids", positions, persistent=False)
     for name, buf in model.named_buffers():
         if buf.is_floating_point() and not torch.isfinite(buf).all():
             raise RuntimeError(f"buffer {name} is not initialised")
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None  # random weights: generate exactly max_new_tokens
     return model.eval()
 
 
-def pixel_values(image: Path) -> torch.Tensor:
+def pixel_values(image: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> torch.Tensor:
     """examples/shapes.png through a CLIP image processor at 336, else random pixels."""
     try:
         from PIL import Image
@@ -161,25 +227,30 @@ def pixel_values(image: Path) -> torch.Tensor:
         px = proc(Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
     except Exception:  # the benchmark does not depend on the picture
         px = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(1))
-    return px.to(torch.bfloat16)
+    return px.to(device=device, dtype=dtype)
 
 
-def input_ids(tokens_per_image: int) -> torch.Tensor:
+def input_ids(tokens_per_image: int, device: str | torch.device = "cpu", batch: int = 1) -> torch.Tensor:
+    """`batch` prompts of TEXT_BEFORE random tokens, the image placeholders, TEXT_AFTER random tokens."""
     gen = torch.Generator().manual_seed(2)
-    before = torch.randint(2, IMAGE_TOKEN_ID, (TEXT_BEFORE,), generator=gen)
-    before[0] = 1  # BOS
-    after = torch.randint(2, IMAGE_TOKEN_ID, (TEXT_AFTER,), generator=gen)
-    image = torch.full((tokens_per_image,), IMAGE_TOKEN_ID)
-    return torch.cat([before, image, after]).unsqueeze(0)
+    before = torch.randint(2, IMAGE_TOKEN_ID, (batch, TEXT_BEFORE), generator=gen)
+    before[:, 0] = 1  # BOS
+    after = torch.randint(2, IMAGE_TOKEN_ID, (batch, TEXT_AFTER), generator=gen)
+    image = torch.full((batch, tokens_per_image), IMAGE_TOKEN_ID)
+    return torch.cat([before, image, after], dim=1).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Timed pieces (each returns seconds)
 
 
-def clock(fn: Callable[[], Any]) -> float:
+def clock(fn: Callable[[], Any], device: torch.device | None = None) -> float:
+    if device is not None:
+        sync(device)
     t0 = time.perf_counter()
     fn()
+    if device is not None:
+        sync(device)
     return time.perf_counter() - t0
 
 
@@ -188,9 +259,10 @@ def run_profile(
 ) -> dict[str, float]:
     """One full prefill forward under the profile; the recorder splits it into vision and LLM."""
     with apply_profile(model, resolved) as session:
-        ids = input_ids(session.tokens_per_image)
+        ids = input_ids(session.tokens_per_image, px.device)
         mask = torch.ones_like(ids)
         session.recorder.reset()
+        sync(px.device)
         t0 = time.perf_counter()
         out = model(
             input_ids=ids,
@@ -200,6 +272,7 @@ def run_profile(
             logits_to_keep=1,
             return_dict=True,
         )
+        sync(px.device)
         total = time.perf_counter() - t0
         rec = session.recorder
         rec.settle()  # CUDA: read the language model's event pair
@@ -216,12 +289,13 @@ def run_floor(model: Any, seg_lengths: list[tuple[int, int]], hidden: torch.Tens
     """The stock decoder layers on each segment's token count, no duet machinery (SDPA, causal)."""
     lm = model.model.language_model
     cache = DynamicCache(config=lm.config)
+    sync(hidden.device)
     t0 = time.perf_counter()
     layer = 0
     h = hidden
     for length, count in seg_lengths:
         h = h[:, -length:] if h.shape[1] >= length else hidden[:, :length]
-        pos = torch.arange(length).unsqueeze(0)
+        pos = torch.arange(length, device=hidden.device).unsqueeze(0)
         rope = lm.rotary_emb(h, pos)
         for _ in range(count):
             h = lm.layers[layer](
@@ -234,6 +308,7 @@ def run_floor(model: Any, seg_lengths: list[tuple[int, int]], hidden: torch.Tens
             )
             layer += 1
     lm.norm(h)
+    sync(hidden.device)
     return time.perf_counter() - t0
 
 
@@ -242,7 +317,8 @@ def stage1_scoring(
 ) -> float:
     """What stage 1 adds to the tower: the CLS query, the keys, the scores, selection and merging."""
     cfg: Any = resolved.vision
-    attn = get_adapter(model).vision_score_layer(model)
+    attn: Any = get_adapter(model).vision_score_layer(model)
+    sync(hidden.device)
     t0 = time.perf_counter()
     b, n, _ = normed.shape
     q_cls = attn.q_proj(normed[:, :1]).view(b, attn.num_heads, attn.head_dim)
@@ -257,6 +333,7 @@ def stage1_scoring(
         mode=cfg.contextual_mode,
         cluster_width=cfg.cluster_width or 1,
     )
+    sync(hidden.device)
     return time.perf_counter() - t0
 
 
@@ -265,15 +342,16 @@ def stage2_ranking(model: Any, resolved: ResolvedProfile, n0: int, hidden: torch
     adapter = get_adapter(model)
     lm = model.model.language_model
     layers = lm.layers
+    dev = hidden.device
     counts = [n0, *resolved.keep_counts(n0)]
     total = 0.0
     for s, layer_count in enumerate(resolved.llm_layers):
         length = TEXT_BEFORE + counts[s] + TEXT_AFTER
         h = hidden[:, :length]
-        pos = torch.arange(length).unsqueeze(0)
+        pos = torch.arange(length, device=dev).unsqueeze(0)
         cos, sin = lm.rotary_emb(h, pos)  # exists already in the real prefill (the stock rotary tables)
-        valid = torch.ones(1, length, dtype=torch.bool)
-        visual = torch.zeros(1, length, dtype=torch.bool)
+        valid = torch.ones(1, length, dtype=torch.bool, device=dev)
+        visual = torch.zeros(1, length, dtype=torch.bool, device=dev)
         visual[:, TEXT_BEFORE : TEXT_BEFORE + counts[s]] = True
         query = torch.zeros_like(valid)
         query[:, -1] = True
@@ -281,8 +359,9 @@ def stage2_ranking(model: Any, resolved: ResolvedProfile, n0: int, hidden: torch
             query[:, TEXT_BEFORE + counts[s] :] = True
         elif resolved.queries == "all":
             query[:] = True
-        keep_n = torch.tensor([counts[s + 1]])
+        keep_n = torch.tensor([counts[s + 1]], device=dev)
         layer = layers[layer_count]
+        sync(dev)
         t0 = time.perf_counter()
         rows, row_valid = query_rows(query)
         q, k = adapter.query_key(layer, h, rows)
@@ -291,6 +370,7 @@ def stage2_ranking(model: Any, resolved: ResolvedProfile, n0: int, hidden: torch
         scores = text_to_visual_scores(q, k, rows, row_valid, valid, adapter.attention_geometry(layer)[3])
         keep = plan_keep(scores, visual, valid, keep_n)
         gather_columns(h, repack_left(keep))
+        sync(dev)
         total += time.perf_counter() - t0
     return total
 
@@ -300,12 +380,14 @@ def vision_encode(model: Any, px: torch.Tensor, variant: str, resolved: Resolved
     armed q/k hooks + scoring + selection; 'published' = eager tower returning every attention map +
     scoring from the map + selection."""
     adapter = get_adapter(model)
-    tower = adapter.vision_tower(model)
+    tower: Any = adapter.vision_tower(model)
     feature = adapter.vision_feature_layer(model)
     if variant == "stock":
+        sync(px.device)
         t0 = time.perf_counter()
         out = tower(px, output_hidden_states=True, return_dict=True)
         _ = out.hidden_states[feature][:, 1:]
+        sync(px.device)
         return time.perf_counter() - t0
     assert resolved is not None
     cfg: Any = resolved.vision
@@ -318,13 +400,16 @@ def vision_encode(model: Any, px: torch.Tensor, variant: str, resolved: Resolved
     if variant == "ours":
         with apply_profile(model, resolved) as session:
             stage: Any = session.vision
+            sync(px.device)
             t0 = time.perf_counter()
             stage.reduce_tokens("image", px)  # tower + scoring + selection, as get_image_features runs them
+            sync(px.device)
             return time.perf_counter() - t0
     config = tower.config
     saved = config._attn_implementation
     config._attn_implementation = "eager"
     try:
+        sync(px.device)
         t0 = time.perf_counter()
         out = tower(px, output_hidden_states=True, output_attentions=True, return_dict=True)
         attn_map = out.attentions[feature]  # (B, H, N, N) of the layer whose output is the feature layer
@@ -337,13 +422,34 @@ def vision_encode(model: Any, px: torch.Tensor, variant: str, resolved: Resolved
         b, n, _ = normed.shape
         keys = attn.k_proj(normed).view(b, n, attn.num_heads, attn.head_dim).mean(dim=2)
         select_and_merge(out.hidden_states[feature], scores, keys, **kwargs)
+        sync(px.device)
         return time.perf_counter() - t0
     finally:
         config._attn_implementation = saved
 
 
 # ----------------------------------------------------------------------------------------------------
-# Driver
+# The run
+
+
+@dataclass
+class PrefillSettings:
+    """Everything one run depends on (main builds it from the options; gpu_check.py builds its own)."""
+
+    decoder_layers: int = 32
+    repeats: int = 3
+    profiles: list[str] = field(default_factory=lambda: list(DEFAULT_PROFILES))
+    dtype: DtypeChoice = field(default_factory=lambda: DtypeChoice(torch.bfloat16, "default"))
+    device: str = "cpu"
+    widths: str = "7b"
+    warmup_pass: bool = True  # one untimed pass of everything before the timed repeats
+    image: Path = ROOT / "examples" / "shapes.png"
+    budget_s: float | None = None  # start no repeat that would end past it (the first always runs)
+    command: str = ""
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
 
 
 def median_ms(xs: list[float]) -> float:
@@ -356,37 +462,41 @@ def paired_ratio(runs: dict[str, list[float]], num: str, den: str) -> float | No
     return round(statistics.median(x / y for x, y in zip(runs[num], runs[den])), 3)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profiles", nargs="+", default=DEFAULT_PROFILES)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="8 decoder layers: a smoke test of the script")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prefill_7b.json")
-    parser.add_argument("--image", type=Path, default=ROOT / "examples" / "shapes.png")
-    args = parser.parse_args(argv)
+def resolve_all(
+    names: list[str], dims: Any, say: Callable[[str], None]
+) -> tuple[dict[str, ResolvedProfile], list[str]]:
+    """Each profile tied to the model; one the model's depth cannot realise is left out with a note (a
+    profile that does not exist still fails)."""
+    resolved, skipped = {}, []
+    for n in names:
+        profile = load_profile(n)
+        try:
+            resolved[n] = resolve_profile(profile, dims)
+        except ProfileError as exc:
+            skipped.append(n)
+            say(f"left out {n}: {str(exc).split(';')[0]}")
+    return resolved, skipped
 
-    from rich.console import Console
-    from rich.table import Table
 
-    console = Console(width=200)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    decoder_layers = 8 if args.quick else 32
+def run_prefill(settings: PrefillSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    """The whole benchmark; returns the result document (main renders and writes it)."""
     started = time.perf_counter()
-    config = build_config(decoder_layers)
-    model = build_model(config)
-    console.print(
-        f"built LLaVA-1.5-7B geometry ({decoder_layers} decoder layers), "
-        f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params bf16, "
-        f"in {time.perf_counter() - started:.0f}s; threads={torch.get_num_threads()}"
-    )
+    device = torch.device(settings.device)
+    dtype = settings.dtype.dtype
+    size = torch.empty((), dtype=dtype).element_size()
+    config: Any = build_config(settings.decoder_layers, settings.widths)
+    say(check_memory(config, dtype, device))
+    say(f"building the model ({settings.widths} widths, {settings.decoder_layers} decoder layers) ...")
+    model = build_model(config, dtype, settings.device)
+    params = sum(p.numel() for p in model.parameters())
+    threads = torch.get_num_threads()
+    say(f"built {params / 1e9:.2f} B params, {settings.dtype.name} on {device.type}; threads={threads}")
     adapter = get_adapter(model)
     dims = adapter.dims(model)
     arch = Architecture.from_config(model.config)
-    names = ["baseline", *[p for p in args.profiles if p != "baseline"]]
-    resolved = {n: resolve_profile(load_profile(n), dims) for n in names}
+    asked = ["baseline", *[p for p in settings.profiles if p != "baseline"]]
+    resolved, skipped = resolve_all(asked, dims, say)
+    names = [n for n in asked if n in resolved]
     n0 = {n: r.tokens_per_image(dims) for n, r in resolved.items()}
     text_tokens = TEXT_BEFORE + TEXT_AFTER
     analyses = {
@@ -396,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             dims,
             text_tokens=text_tokens,
             after_image_tokens=TEXT_AFTER,
-            bytes_per_element=BYTES,
+            bytes_per_element=size,
         )
         for n, r in resolved.items()
     }
@@ -407,20 +517,22 @@ def main(argv: list[str] | None = None) -> int:
     stage1_names = [n for n in names if resolved[n].vision is not None]
     stage2_names = [n for n in names if resolved[n].llm_layers]
 
-    px = pixel_values(args.image)
+    px = pixel_values(settings.image, dtype, settings.device)
     gen = torch.Generator().manual_seed(3)
     max_len = max(length for segs in segments.values() for length, _ in segs)
-    llm_hidden = (torch.randn(1, max_len, 4096, generator=gen) * 0.02).to(torch.bfloat16)
-    vis_hidden = torch.randn(1, dims.vision_tokens, 1024, generator=gen).to(torch.bfloat16)
-    vis_normed = torch.nn.functional.layer_norm(vis_hidden.float(), (1024,)).to(torch.bfloat16)
+    hidden, vision_hidden = config.text_config.hidden_size, config.vision_config.hidden_size
+    llm_hidden = (torch.randn(1, max_len, hidden, generator=gen) * 0.02).to(device=device, dtype=dtype)
+    vis_hidden = torch.randn(1, dims.vision_tokens, vision_hidden, generator=gen).to(device, dtype)
+    vis_normed = torch.nn.functional.layer_norm(vis_hidden.float(), (vision_hidden,)).to(dtype)
 
     times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     kv: dict[str, dict[str, Any]] = {}
 
-    def one_pass(record: bool, rotate: int = 0) -> None:
+    def one_pass(label: str, record: bool, rotate: int = 0) -> None:
         # each profile's prefill and its floor run back to back; the profile order rotates per repeat
         for n in names[rotate:] + names[:rotate]:
             sink: dict[str, Any] = {}
+            t0 = time.perf_counter()
             parts = run_profile(model, resolved[n], px, sink)
             floor = run_floor(model, segments[n], llm_hidden)
             if not sink["finite"]:
@@ -430,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in parts.items():
                     times[n][key].append(value)
                 times[n]["floor"].append(floor)
+            say(f"  {label}: {n} prefill + floor {time.perf_counter() - t0:.1f}s")
+        t0 = time.perf_counter()
         for n in stage1_names:
             t = stage1_scoring(model, resolved[n], vis_hidden, vis_normed)
             if record:
@@ -444,23 +558,58 @@ def main(argv: list[str] | None = None) -> int:
             t = vision_encode(model, px, v, ref)
             if record:
                 times["encode"][v].append(t)
+        say(f"  {label}: scoring pieces and stage-1 encode variants {time.perf_counter() - t0:.1f}s")
 
+    # what one pass costs next to the stock forward that opens the run, in FLOPs: every profile's
+    # forward and floor, and the vision tower three more times (the encode variants)
+    stock_flops = analyses["baseline"].prefill.actual + analyses["baseline"].vision.actual
+    pass_flops = sum(analyses[n].vision.actual + 2 * analyses[n].prefill.actual for n in names)
+    pass_flops += 3 * analyses["baseline"].vision.actual
+    estimate: dict[str, Any] = {}
+    repeats_done = 0
+    stopped = None
     with torch.inference_mode():
-        # the stock model, no hooks: finite logits
-        ids = input_ids(dims.unreduced_tokens)
+        # the stock model, no hooks: finite logits; timed, it calibrates the estimate of the run
+        ids = input_ids(dims.unreduced_tokens, device)
+        say("stock forward (no hooks), timed to estimate the run ...")
+        sync(device)
+        t0 = time.perf_counter()
         out = model(input_ids=ids, pixel_values=px, use_cache=True, logits_to_keep=1, return_dict=True)
+        sync(device)
+        stock_s = time.perf_counter() - t0
         if not torch.isfinite(out.logits).all():
             raise RuntimeError("the stock forward gives non-finite logits")
         del out
-        t0 = time.perf_counter()
-        one_pass(record=False)
-        console.print(f"warm-up pass: {time.perf_counter() - t0:.0f}s; {args.repeats} timed repeats follow")
-        for i in range(args.repeats):
+        per_pass = stock_s * pass_flops / stock_flops
+        passes = settings.repeats + (1 if settings.warmup_pass else 0)
+        estimate = {
+            "stock_forward_s": round(stock_s, 2),
+            "per_pass_s": round(per_pass, 1),
+            "passes": passes,
+            "run_s": round(per_pass * passes, 1),
+        }
+        say(
+            f"stock forward {stock_s:.1f}s: estimate ~{per_pass:.0f}s per pass, {passes} passes "
+            f"({'warm-up + ' if settings.warmup_pass else ''}{settings.repeats} timed), "
+            f"~{duration(per_pass * passes)} from here (the first pass pays one-time costs)"
+        )
+        if settings.warmup_pass:
             t0 = time.perf_counter()
-            one_pass(record=True, rotate=i % len(names))
-            console.print(f"repeat {i + 1}/{args.repeats}: {time.perf_counter() - t0:.0f}s")
+            one_pass("warm-up", record=False)
+            say(f"warm-up pass: {time.perf_counter() - t0:.0f}s; {settings.repeats} timed repeats follow")
+        last = per_pass
+        for i in range(settings.repeats):
+            spent = time.perf_counter() - started
+            if i and settings.budget_s is not None and spent + last > settings.budget_s:
+                stopped = f"time budget {settings.budget_s:.0f}s: stopped after {i} repeats"
+                say(stopped)
+                break
+            t0 = time.perf_counter()
+            one_pass(f"repeat {i + 1}/{settings.repeats}", record=True, rotate=i % len(names))
+            last = time.perf_counter() - t0
+            repeats_done += 1
+            say(f"repeat {i + 1}/{settings.repeats}: {last:.0f}s")
 
-    # -------------------------------------------------------------------------------------------------
     base = times["baseline"]
     base_total, base_llm = median_ms(base["total"]), median_ms(base["llm"])
     base_flops = analyses["baseline"]
@@ -469,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         a, t = analyses[n], times[n]
         ledger_tokens = tokens_per_layer(a.ledger, text_tokens)
-        ledger_bytes = kv_cache_bytes(arch.text, ledger_tokens, BYTES).bytes
+        ledger_bytes = kv_cache_bytes(arch.text, ledger_tokens, size).bytes
         if kv[n]["kv_bytes"] != ledger_bytes or kv[n]["cache_tokens"] != ledger_tokens:
             raise AssertionError(
                 f"{n}: KV cache {kv[n]['kv_bytes']} bytes ({kv[n]['cache_tokens']}) "
@@ -522,10 +671,49 @@ def main(argv: list[str] | None = None) -> int:
         "published_over_stock": paired_ratio(times["encode"], "published", "stock"),
         "profile": stage1_names[0] if stage1_names else None,
     }
+    return {
+        "benchmark": "prefill_7b",
+        "date": _dt.date.today().isoformat(),
+        "command": settings.command,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "widths": settings.widths,
+        "decoder_layers": settings.decoder_layers,
+        "parameters": params,
+        "text_tokens": text_tokens,
+        "text_tokens_after_image": TEXT_AFTER,
+        "repeats": repeats_done,
+        "repeats_asked": settings.repeats,
+        "stopped_early": stopped,
+        "warmup_pass": settings.warmup_pass,
+        "skipped_profiles": skipped,
+        "dtype": settings.dtype.name,
+        "dtype_reason": settings.dtype.reason,
+        "cpu": settings.dtype.cpu or None,
+        "attention": "sdpa",
+        "estimate": estimate,
+        "bound_convention": "actual FLOPs (duet_cli.flops), prefill = decoder layers + ranking + lm_head row",
+        "overhead_method": "isolated: scoring pieces timed alone on the real modules and shapes "
+        "(overhead_by_difference_share: (LLM prefill - floor) / baseline prefill, for context)",
+        "llm_over_floor": "median over repeats of LLM prefill / floor of the same repeat (run back to back)",
+        "rows": rows,
+        "encode": encode,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rendering and the command
+
+
+def render(result: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
 
     table = Table(
-        title=f"LLaVA-1.5-7B geometry, random bf16 weights, CPU, {decoder_layers} decoder layers, "
-        f"{text_tokens} text tokens, median of {args.repeats}"
+        title=f"LLaVA-1.5-7B geometry ({result['widths']} widths), random {result['dtype']} weights, "
+        f"{result['device']}, {result['decoder_layers']} decoder layers, {result['text_tokens']} text "
+        f"tokens, median of {result['repeats']}"
     )
     for col in (
         "profile",
@@ -547,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         "KV MiB",
     ):
         table.add_column(col, justify="left" if col == "profile" else "right")
-    for r in rows:
+    for r in result["rows"]:
         ms = r["ms"]
         table.add_row(
             r["profile"],
@@ -569,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['kv_cache_bytes'] / 2**20:.2f}",
         )
     console.print(table)
+    encode = result["encode"]
     em = encode["ms"]
     if "ours" in em:
         console.print(
@@ -581,26 +770,54 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         "KV-cache bytes read from the real cache equal the ledger arithmetic for every profile (asserted)."
     )
-    result = {
-        "benchmark": "prefill_7b",
-        "date": _dt.date.today().isoformat(),
-        "command": " ".join(["python", "benchmarks/prefill_7b.py", *(argv or sys.argv[1:])]),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "decoder_layers": decoder_layers,
-        "text_tokens": text_tokens,
-        "text_tokens_after_image": TEXT_AFTER,
-        "repeats": args.repeats,
-        "dtype": "bfloat16",
-        "attention": "sdpa",
-        "bound_convention": "actual FLOPs (duet_cli.flops), prefill = decoder layers + ranking + lm_head row",
-        "overhead_method": "isolated: scoring pieces timed alone on the real modules and shapes "
-        "(overhead_by_difference_share: (LLM prefill - floor) / baseline prefill, for context)",
-        "llm_over_floor": "median over repeats of LLM prefill / floor of the same repeat (run back to back)",
-        "rows": rows,
-        "encode": encode,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
+    if result["skipped_profiles"]:
+        console.print(f"left out (not realisable on this depth): {', '.join(result['skipped_profiles'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (3; 1 with --quick)")
+    parser.add_argument("--profiles", nargs="+", default=DEFAULT_PROFILES)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"{QUICK_LAYERS} decoder layers, one repeat, no warm-up pass: a smoke test of the script",
+    )  # fmt: skip
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (32; 4 with --quick)")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prefill_7b.json")
+    parser.add_argument("--image", type=Path, default=ROOT / "examples" / "shapes.png")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    console = Console(width=200)
+    say = Progress()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("prefill_7b.py: error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    choice = choose_dtype(args.dtype, torch.device(args.device))
+    say(f"dtype {choice.name}: {choice.reason}")
+    settings = PrefillSettings(
+        decoder_layers=args.layers or (QUICK_LAYERS if args.quick else 32),
+        repeats=args.repeats or (1 if args.quick else 3),
+        profiles=args.profiles,
+        dtype=choice,
+        device=args.device,
+        warmup_pass=not args.quick,
+        image=args.image,
+        command=" ".join(["python", "benchmarks/prefill_7b.py", *(argv or sys.argv[1:])]),
+    )
+    try:
+        result = run_prefill(settings, say)
+    except DoesNotFit as exc:
+        print(f"prefill_7b.py: error: {exc}", file=sys.stderr)
+        return 1
+    render(result, console)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {args.out} ({result['wall_s']:.0f}s in all)")

@@ -80,7 +80,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import cpu_report  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -452,14 +454,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import transformers
 
-    from duet_cli.console import quiet_transformers
+    from duet_cli.console import prepare_transformers
     from duet_cli.jsonio import atomic_write_text, check_writable, to_json
     from duet_cli.profiles import load_profile
 
-    quiet_transformers()  # the eval runner loads models without it; `duet eval` calls it too
+    prepare_transformers()  # the eval runner loads models without it; `duet eval` calls it too
     started = time.perf_counter()
     threads = torch.get_num_threads()
     err.print(f"torch threads: {threads} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+    cpu = cpu_report(probe=False)
+    err.print(
+        f"{cpu['name']}: bf16 hardware {'/'.join(cpu['bf16_flags']) or 'none'} (training runs float32 "
+        f"master weights on the CPU either way); load average {cpu['load_average']}"
+    )
     profiles = parse_profiles(args.profiles)
     for p in profiles:
         load_profile(p)  # a typo fails before anything trains
@@ -467,8 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
 
     runs: dict[str, dict[str, Any]] = {}
-    for profile in profiles:
+    for i, profile in enumerate(profiles, 1):
         folder = args.work / profile
+        # flushed status lines around the (transient) progress bars, which a log file does not show
+        elapsed = time.perf_counter() - started
+        err.print(f"[{elapsed:6.0f}s] run {i}/{len(profiles)}: {profile}, {args.steps} steps ...")
         run = train_run(args, profile, folder)
         rep = run["report"]
         how = "reused" if run["reused"] else "trained"
@@ -476,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{profile}: {how}, {rep['steps']} steps in {rep['wall_s']:.1f}s, "
             f"{rep['samples_per_s']:.3f} samples/s, final loss {rep['final_loss']:.4f}"
         )
+        elapsed = time.perf_counter() - started
+        err.print(f"[{elapsed:6.0f}s] {profile}: evaluating on {args.eval_limit} synth test records ...")
         run["eval"] = evaluate_run(args, profile, folder / "model", folder / "eval")
         runs[profile] = run
 
@@ -508,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": transformers.__version__,
         "threads": threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu": cpu,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
