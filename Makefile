@@ -12,7 +12,7 @@ OLDEST_DIR := $(VENV)/overlay-transformers-$(OLDEST_TRANSFORMERS)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo check lint test test-invariants check-oldest check-latest lock
+.PHONY: setup demo check lint test test-invariants check-oldest check-latest check-lmms lock-lmms lock
 
 $(BIN)/duet: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,31 @@ check-oldest: setup
 # drift check, not CI: a throwaway venv with the newest releases on the index, the invariants, a summary
 check-latest:
 	bash scripts/check_range.sh latest
+
+# `lmms-eval --model duet` (the lmms extra, ~7 GB with torch) in its own venv, on its own lock
+# (constraints-lmms.txt: the main lock less av and filelock, which lmms-eval 0.7 pins lower), then its
+# test (a local synth task = duet eval)
+LMMS_VENV ?= .venv-lmms
+LMMS_BIN := $(LMMS_VENV)/bin
+LMMS_LOCK := constraints-lmms.txt
+
+$(LMMS_BIN)/lmms-eval: pyproject.toml $(LMMS_LOCK)
+	test -x $(LMMS_BIN)/python || $(PY) -m venv $(LMMS_VENV)
+	$(LMMS_BIN)/python -m pip install -q -c $(LMMS_LOCK) pip
+	$(LMMS_BIN)/python -m pip install -q -c $(LMMS_LOCK) torch torchvision
+	$(LMMS_BIN)/python -m pip install -q -c $(LMMS_LOCK) -e ".[lmms]" pytest
+	touch $(LMMS_BIN)/lmms-eval
+
+check-lmms: $(LMMS_BIN)/lmms-eval
+	$(LMMS_BIN)/python -c "from lmms_eval.models import get_model; get_model('duet')"  # the entry point is found
+	$(LMMS_BIN)/pytest -p no:cacheprovider tests/test_lmms_eval.py
+
+# after check-lmms passed on a changed lmms environment: write what .venv-lmms holds as its lock
+lock-lmms: $(LMMS_BIN)/lmms-eval
+	{ echo "# The tested lmms-eval environment (make check-lmms), exact versions; written by make lock-lmms."; \
+	  echo "# The main lock (constraints.txt) except av and filelock, which lmms-eval 0.7 pins lower."; \
+	  $(LMMS_BIN)/python -m pip freeze --exclude-editable | grep -v '^duet-cli'; } > $(LMMS_LOCK).tmp
+	mv $(LMMS_LOCK).tmp $(LMMS_LOCK)
 
 # after the suite passed on a changed environment: write what .venv holds as the new lock
 lock: setup
