@@ -141,9 +141,9 @@ def infer_messages(
 ) -> InferReport:
     """`infer` for Qwen-style message lists (one user turn each, optionally after a system message): the
     images and videos are read and resized by qwen-vl-utils with each item's own settings, as Qwen's
-    reference pipeline does (see duet_cli.qwen_messages). All conversations of one call share one
-    system message (or none). `allow_urls`: fetch http(s) images (never when offline)."""
-    from duet_cli.qwen_messages import prompt_parts, system_prompt
+    reference pipeline does (see duet_cli.families.qwen2_5_vl.messages). All conversations of one call
+    share one system message (or none). `allow_urls`: fetch http(s) images (never when offline)."""
+    from duet_cli.families.qwen2_5_vl.messages import prompt_parts, system_prompt
 
     systems = {system_prompt(conv) for conv in conversations}
     if len(systems) > 1:

@@ -318,8 +318,8 @@ class QwenVisionArch:
     def stage1_scoring_flops(
         self, grid: Grid, *, dominant: int, contextual: int, mode: str, cluster_width: int = 1
     ) -> int:
-        """What `duet_cli.engine.stage1_qwen` adds: the hook recomputes the last full-attention block's
-        fused qkv on every patch and the q.k scores of every query against every key of its frame (the
+        """What `duet_cli.families.qwen2_5_vl.stage1` adds: the hook recomputes the last full-attention
+        block's fused qkv on every patch and the q.k scores of every query against every key of its frame (the
         attention received; no weighted sum); per-unit and per-head means are elementwise. Then, on the
         N merged tokens with counts clamped to the image (d = min(dominant, N - 1), c = min(contextual,
         N - d)): each candidate's key similarity to the c targets (head_dim wide) and the one-hot matmul

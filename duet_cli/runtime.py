@@ -210,7 +210,7 @@ def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequen
             if video.frames:
                 check_image(video.frames[0], f"{video.path} (its frames)")
     if session.dims.dynamic_resolution:
-        from duet_cli.dynamic_inputs import build_dynamic_inputs
+        from duet_cli.families.qwen2_5_vl.inputs import build_dynamic_inputs
 
         return build_dynamic_inputs(loaded, session, prompts)
 
@@ -303,7 +303,7 @@ def assemble_trace(
                 t * k for (t, _), k in zip(clips, per_slice)
             )
             if p.videos:
-                from duet_cli.dynamic_inputs import dynamic_spans
+                from duet_cli.families.qwen2_5_vl.inputs import dynamic_spans
 
                 spans = dynamic_spans(p, [session.tokens_for_image(n) for n in own], clips, per_slice)
             clip_grids = session.video_grids[video_cursor - len(p.videos) : video_cursor]

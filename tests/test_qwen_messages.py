@@ -15,7 +15,7 @@ from tiny_qwen import save_tiny_qwen
 
 from duet_cli import api, cli
 from duet_cli.errors import InputError
-from duet_cli.qwen_messages import load_conversations
+from duet_cli.families.qwen2_5_vl.messages import load_conversations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,7 +222,7 @@ def test_offline_refuses_a_url_even_with_the_flag(
     assert "offline mode is set" in line and URL in line, line
     # the API refuses too, whatever it is handed
     conv = user({"type": "image", "image": URL}, {"type": "text", "text": "what ?"})
-    from duet_cli.qwen_messages import prompt_parts
+    from duet_cli.families.qwen2_5_vl.messages import prompt_parts
 
     with pytest.raises(InputError, match="offline mode is set"):
         prompt_parts(conv, "conversation 0", allow_urls=True)
@@ -242,7 +242,7 @@ def test_allow_urls_fetches_through_duet_and_checks_the_image(
 ) -> None:
     """With the flag and not offline the refusal is lifted: duet's own bounded fetch runs (patched here),
     and the bytes go through load_image, so a bad download is one line naming the URL."""
-    from duet_cli import qwen_messages
+    from duet_cli.families.qwen2_5_vl import messages as qwen_messages
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -271,7 +271,7 @@ def test_the_cli_flag_lifts_the_refusal(
     capsys: pytest.CaptureFixture[str],
     no_network: list[object],
 ) -> None:
-    from duet_cli import qwen_messages
+    from duet_cli.families.qwen2_5_vl import messages as qwen_messages
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

@@ -23,9 +23,9 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
-from duet_cli.engine.qwen_vision_scores import per_unit_raster, received_attention
 from duet_cli.engine.session import apply_profile
 from duet_cli.engine.stage1_counts import clamped_counts, reduced_count
+from duet_cli.families.qwen2_5_vl.vision_scores import per_unit_raster, received_attention
 from duet_cli.profiles import load_profile
 
 pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)

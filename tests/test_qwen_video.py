@@ -14,8 +14,8 @@ from tiny_qwen import IMAGE_ID, VIDEO_ID, save_tiny_qwen
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
-from duet_cli.dynamic_inputs import seconds_per_slice
 from duet_cli.engine.session import apply_profile
+from duet_cli.families.qwen2_5_vl.inputs import seconds_per_slice
 from duet_cli.runtime import LoadedModel, Prompt, build_inputs, load_model, run
 from duet_cli.video import Video
 

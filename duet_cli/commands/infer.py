@@ -104,7 +104,7 @@ def infer(
     conversations = None
     listed: list[Path] = []  # the images a batch file names
     if messages is not None:
-        from duet_cli.qwen_messages import load_conversations
+        from duet_cli.families.qwen2_5_vl.messages import load_conversations
 
         conversations = load_conversations(messages, allow_urls=allow_urls)
         items = conversations

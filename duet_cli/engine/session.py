@@ -18,11 +18,11 @@ from duet_cli.engine.recorder import LanguageModelTimer, Recorder
 from duet_cli.engine.setup_checks import check_model_setup
 from duet_cli.engine.stage1 import VisionStage1, VisionTimer
 from duet_cli.engine.stage1_counts import reduced_count
-from duet_cli.engine.stage1_qwen import QwenVisionStage1
 from duet_cli.engine.stage2 import PyramidDropStage
 from duet_cli.errors import HookError
 from duet_cli.families import get_adapter
 from duet_cli.families.base import FamilyAdapter
+from duet_cli.families.qwen2_5_vl.stage1 import QwenVisionStage1
 
 _MARK = "_duet_session"
 

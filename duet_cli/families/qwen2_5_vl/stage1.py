@@ -3,8 +3,8 @@
 A forward pre-hook on the last full-attention vision block's attention computes, from its own input,
 the attention every patch receives from the patches of its image (query chunks, the tower stays on its
 efficient attention) and the keys; both are averaged per 2x2 merge unit and put in raster order
-(`duet_cli.engine.qwen_vision_scores`). The stock `get_image_features` is replaced on the model instance
-by one that runs the stock tower and merger, then selects dominant and merges contextual tokens per
+(`duet_cli.families.qwen2_5_vl.vision_scores`). The stock `get_image_features` is replaced on the model
+instance by one that runs the stock tower and merger, then selects dominant and merges contextual tokens per
 image in the LLM embedding space, counts clamped to the image: d = min(dominant, N - 1),
 c = min(contextual, N - d).
 
@@ -27,13 +27,21 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from transformers.vision_utils import get_vision_window_index
 
 from duet_cli.compat import cache_from
-from duet_cli.engine.qwen_positions import IMAGE, KIND, VIDEO, Item, counts_per_row, per_row, rope_index
-from duet_cli.engine.qwen_vision_scores import per_unit_raster, received_attention
 from duet_cli.engine.recorder import Recorder, Stopwatch
 from duet_cli.engine.stage1 import swap_in, swap_out
 from duet_cli.engine.stage1_counts import clamped_counts, reduced_count
 from duet_cli.errors import HookError, UnsupportedSetupError
 from duet_cli.families.base import FamilyAdapter
+from duet_cli.families.qwen2_5_vl.positions import (
+    IMAGE,
+    KIND,
+    VIDEO,
+    Item,
+    counts_per_row,
+    per_row,
+    rope_index,
+)
+from duet_cli.families.qwen2_5_vl.vision_scores import per_unit_raster, received_attention
 from duet_cli.methods.visionzip.apply import image_selections
 from duet_cli.methods.visionzip.select import select_and_merge
 from duet_cli.trace import ImageSelection
