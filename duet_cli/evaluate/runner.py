@@ -11,7 +11,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from duet_cli.benchmarks.base import Benchmark, Record, Score
 from duet_cli.evaluate import manifest
@@ -28,6 +28,9 @@ from duet_cli.evaluate.resume import (
     rank_parts,
 )
 from duet_cli.evaluate.store import PredictionWriter, has_rows, merge_rank_files, read_rows
+
+if TYPE_CHECKING:
+    from duet_cli.errors import InputError
 
 T = TypeVar("T")
 KILL_AFTER_ENV = "DUET_EVAL_KILL_AFTER"  # test hook: SIGKILL this process after writing k records
@@ -143,6 +146,18 @@ def _image(ref: Any) -> Any:
         return ref.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"unreadable image in the dataset: {exc}") from None
+
+
+def _images_of(rec: Record) -> list[Any] | InputError:
+    """A record's decoded images, or the InputError that makes it a failure row (on the prefetch
+    thread, the only one decoding images while the loop runs: media.load_image sets PIL and warnings
+    state process-wide around each decode)."""
+    from duet_cli.errors import InputError
+
+    try:
+        return [_image(img) for img in rec.images]
+    except InputError as exc:
+        return exc
 
 
 def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> list[Cell] | None:
@@ -272,6 +287,7 @@ def _answer(
 ) -> None:
     from duet_cli.engine.session import apply_profile
     from duet_cli.errors import InputError
+    from duet_cli.evaluate.prefetch import Prefetcher
     from duet_cli.runtime import Prompt, run
     from duet_cli.video import load_video
 
@@ -279,17 +295,22 @@ def _answer(
         return
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     manifest.write(final_path(cfg.out, bench_name, chosen.stem), want)  # before the first row
+    batches = [records[s : s + cfg.batch_size] for s in range(0, len(records), cfg.batch_size)]
     with (
         apply_profile(loaded.model, chosen.profile) as session,  # the profile as loaded and hashed
         PredictionWriter(prediction_path(cfg.out, bench_name, chosen.stem, ranks)) as writer,
+        # the next batch's images decode on a background thread while this one is answered
+        Prefetcher(batches, _images_of, name=lambda r: f"{bench_name} record {r.id}") as loading,
     ):
-        for start in range(0, len(records), cfg.batch_size):
-            batch = records[start : start + cfg.batch_size]
+        for batch, decoded in zip(batches, loading):
             rows: dict[str, dict[str, Any]] = {}
             prompts, answered = [], []
-            for rec in batch:
+            for rec, images in zip(batch, decoded):
                 try:
-                    images = [_image(img) for img in rec.images]
+                    if isinstance(images, InputError):  # raised on the prefetch thread, scored here
+                        raise images
+                    # videos stay on this thread: decord's decode redirects file descriptor 2 for the
+                    # whole process while it runs, which would swallow this thread's stderr meanwhile
                     videos = [load_video(v, cfg.frames) for v in rec.videos]
                 except InputError as exc:  # scored as a failure, not a crash
                     rows[rec.id] = {"id": rec.id, "prediction": None, "error": str(exc)}
