@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         import prefill_7b  # noqa: F401
 
         from duet_cli.errors import DuetError
-        from duet_cli.jsonio import atomic_write_text, check_writable, to_json
+        from duet_cli.reports.jsonio import atomic_write_text, check_writable, to_json
     except ImportError as exc:
         print(
             f"gpu_check.py: error: {exc} (needs torch, transformers, pydantic, pyyaml: "

@@ -7,7 +7,7 @@ reported, so that a shared or throttled CPU slows all rows alike and the *ratios
   of the full model with `pixel_values`, `use_cache=True`, `logits_to_keep=1` (vision + LLM prefill),
   split by the session's recorder into vision encode (`get_image_features`) and LLM prefill (the
   language model's forward, stage-2 ranking included); speedup against baseline next to the theoretical
-  bound, the actual-FLOP ratio from `duet_cli.flops` (as `duet profile` reports it);
+  bound, the actual-FLOP ratio from `duet_cli.cost.flops` (as `duet profile` reports it);
 - the *same-run floor* of each profile: the stock decoder layers called directly on exactly that
   profile's per-segment token counts (text tokens + the segment's visual tokens; SDPA, causal, a stock
   DynamicCache, then the final norm) with no reduction machinery at all. profile LLM prefill / floor
@@ -81,10 +81,11 @@ from transformers import (  # noqa: E402
 )
 
 from duet_cli.compat import cache_arg, output_cache  # noqa: E402
+from duet_cli.cost.flops import Architecture, kv_cache_bytes, tokens_per_layer  # noqa: E402
+from duet_cli.cost.profiling import analyze  # noqa: E402
 from duet_cli.engine.session import apply_profile  # noqa: E402
 from duet_cli.errors import ProfileError  # noqa: E402
 from duet_cli.families import get_adapter  # noqa: E402
-from duet_cli.flops import Architecture, kv_cache_bytes, tokens_per_layer  # noqa: E402
 from duet_cli.methods.pyramiddrop.rank import (  # noqa: E402
     gather_columns,
     plan_keep,
@@ -94,7 +95,6 @@ from duet_cli.methods.pyramiddrop.rank import (  # noqa: E402
 )
 from duet_cli.methods.visionzip.select import cls_attention_scores, select_and_merge  # noqa: E402
 from duet_cli.profiles import ResolvedProfile, load_profile, resolve_profile  # noqa: E402
-from duet_cli.profiling import analyze  # noqa: E402
 
 DEFAULT_PROFILES = ["visionzip-192", "pdrop-192", "duet-192", "duet-128", "duet-64"]
 IMAGE_TOKEN_ID = 32000
@@ -693,7 +693,8 @@ def run_prefill(settings: PrefillSettings, say: Callable[[str], None]) -> dict[s
         "cpu": settings.dtype.cpu or None,
         "attention": "sdpa",
         "estimate": estimate,
-        "bound_convention": "actual FLOPs (duet_cli.flops), prefill = decoder layers + ranking + lm_head row",
+        "bound_convention": "actual FLOPs (duet_cli.cost.flops), prefill = decoder layers + ranking + "
+        "lm_head row",
         "overhead_method": "isolated: scoring pieces timed alone on the real modules and shapes "
         "(overhead_by_difference_share: (LLM prefill - floor) / baseline prefill, for context)",
         "llm_over_floor": "median over repeats of LLM prefill / floor of the same repeat (run back to back)",

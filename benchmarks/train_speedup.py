@@ -154,7 +154,7 @@ def train_run(args: argparse.Namespace, profile: str, folder: Path) -> dict[str,
     """Train one profile into `folder` (or reuse a finished run there); returns the run's record."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from duet_cli.jsonio import atomic_write_text, provenance, to_json
+    from duet_cli.reports.jsonio import atomic_write_text, provenance, to_json
     from duet_cli.training.plan import TrainConfig
     from duet_cli.training.report import numbers, write_outputs
     from duet_cli.training.trainer import Hooks, StepInfo, train
@@ -455,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from duet_cli.console import prepare_transformers
-    from duet_cli.jsonio import atomic_write_text, check_writable, to_json
     from duet_cli.profiles import load_profile
+    from duet_cli.reports.jsonio import atomic_write_text, check_writable, to_json
 
     prepare_transformers()  # the eval runner loads models without it; `duet eval` calls it too
     started = time.perf_counter()

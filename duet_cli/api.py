@@ -20,11 +20,11 @@ from typing import Any
 
 from duet_cli.engine.session import ReductionSession, apply_profile
 from duet_cli.errors import InputError
-from duet_cli.media import load_image
+from duet_cli.inputs.media import load_image
+from duet_cli.inputs.video import Video, load_video
 from duet_cli.profiles import load_profile, resolve_profile
 from duet_cli.runtime import LoadedModel, Prompt, RunResult, check_question, load_model, run, run_batches
 from duet_cli.trace import ReductionTrace
-from duet_cli.video import Video, load_video
 
 __all__ = [
     "InferReport",
@@ -91,7 +91,7 @@ def infer(
     dynamic-resolution models (Qwen2.5-VL). `model` may also be a `LoadedModel` (from `load_model`
     or an earlier call's `on_loaded`), which is then used as it is instead of loading again.
     `chat_template` overrides the checkpoint's chat template; `image_aspect` is "pad" or "crop"
-    (LLaVA families; see duet_cli.image_aspect).
+    (LLaVA families; see duet_cli.inputs.image_aspect).
     """
 
     questions, paths, video_paths, ids = [], [], [], []
@@ -186,7 +186,7 @@ def _answer(
     **generate: Any,
 ) -> InferReport:
     """Load the model (unless given), apply the profile, answer `prompts` in batches."""
-    from duet_cli.jsonio import provenance
+    from duet_cli.reports.jsonio import provenance
 
     if profile is not None:
         load_profile(profile)  # a typo fails before the model loads
@@ -238,7 +238,7 @@ def with_system_prompt(loaded: LoadedModel, system: str) -> LoadedModel:
     must show it); duet's form replaces its ChatML system block."""
     import dataclasses
 
-    from duet_cli.chat_template import ChatTemplate
+    from duet_cli.inputs.chat_template import ChatTemplate
 
     chat = loaded.chat
     if chat.jinja is not None:

@@ -18,11 +18,11 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
-from duet_cli import yamlfile
 from duet_cli.dims import ModelDims, dims_from_config
 from duet_cli.errors import ModelNotFoundError
+from duet_cli.inputs import yamlfile
+from duet_cli.inputs.userfiles import PROFILE_BYTES
 from duet_cli.resources import models_dir
-from duet_cli.userfiles import PROFILE_BYTES
 
 DEFAULT_MODEL = "synth-llava"  # the bundled trained model every command uses when no -m is given
 MODEL_ENV = "DUET_MODEL"  # overrides the default model (a catalog name, a folder or a hub id)

@@ -63,7 +63,7 @@ def sanitize_width_env(environ: MutableMapping[str, str] | None = None) -> None:
 def print_json(document: Any) -> None:
     """Print a JSON document to stdout as UTF-8 text, straight to the stream: no Rich, so no width,
     wrapping or markup can alter it. Every `--json` goes through here."""
-    from duet_cli.jsonio import to_json
+    from duet_cli.reports.jsonio import to_json
 
     data = (to_json(document) + "\n").encode("utf-8")
     stream = sys.stdout

@@ -14,14 +14,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from duet_cli import yamlfile
-from duet_cli.bounded import MAX_ERRORS, clip, error_list
 from duet_cli.dims import ModelDims
 from duet_cli.errors import ProfileError
+from duet_cli.inputs import yamlfile
+from duet_cli.inputs.bounded import MAX_ERRORS, clip, error_list
+from duet_cli.inputs.userfiles import PROFILE_BYTES
 from duet_cli.methods.pyramiddrop.config import Positions, Queries
 from duet_cli.methods.registry import parse_stage, show, suggest
 from duet_cli.resources import profiles_dir
-from duet_cli.userfiles import PROFILE_BYTES
 
 TOP_LEVEL_FIELDS = ("name", "description", "vision", "llm")
 

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from duet_cli.chat_template import ChatTemplate
 from duet_cli.engine.session import ReductionSession
 from duet_cli.errors import InputError, ModelNotFoundError, UsageError
 from duet_cli.families import get_adapter
 from duet_cli.families.base import FamilyAdapter
+from duet_cli.inputs.chat_template import ChatTemplate
+from duet_cli.inputs.video import Video
 from duet_cli.trace import ReductionTrace, SampleTrace, Timings, VisualSpan
-from duet_cli.video import Video
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,7 +29,7 @@ class LoadedModel:
     processor: Any
     tokenizer: Any
     adapter: FamilyAdapter
-    chat: ChatTemplate  # the chat template prompts are written with (duet_cli.chat_template)
+    chat: ChatTemplate  # the chat template prompts are written with (duet_cli.inputs.chat_template)
     dtype: torch.dtype
     device: torch.device
     untrained: bool = False
@@ -48,7 +48,7 @@ class LoadedModel:
 class Prompt:
     question: str
     images: list[Image.Image] = field(default_factory=list)
-    videos: list[Video] = field(default_factory=list)  # each: its sampled frames (duet_cli.video)
+    videos: list[Video] = field(default_factory=list)  # each: its sampled frames (duet_cli.inputs.video)
 
     @property
     def n_frames(self) -> int:
@@ -107,12 +107,12 @@ def load_model(
 
     `min_pixels` / `max_pixels` bound the image size of dynamic-resolution families (Qwen2.5-VL).
     `chat_template` (a file or a template string) overrides the checkpoint's own chat template
-    (duet_cli.chat_template); `image_aspect` ("pad" or "crop", LLaVA families) the card's or `crop`."""
+    (duet_cli.inputs.chat_template); `image_aspect` ("pad" or "crop", LLaVA families) the card's or `crop`."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     from duet_cli.catalog import default_model, resolve_model
-    from duet_cli.chat_template import from_option, resolve
-    from duet_cli.image_aspect import resolve_aspect
+    from duet_cli.inputs.chat_template import from_option, resolve
+    from duet_cli.inputs.image_aspect import resolve_aspect
 
     resolved = resolve_model(spec or default_model())
     if chat_template is not None:
@@ -197,8 +197,8 @@ def check_context(loaded: LoadedModel, inputs: dict[str, Any], max_new_tokens: i
 def build_inputs(loaded: LoadedModel, session: ReductionSession, prompts: Sequence[Prompt]) -> dict[str, Any]:
     """Tokenized, left-padded prompts with `tokens_per_image` placeholders per image (and
     `tokens_per_frame` per video frame), plus pixels."""
-    from duet_cli.image_aspect import prepare_images
-    from duet_cli.media import check_image
+    from duet_cli.inputs.image_aspect import prepare_images
+    from duet_cli.inputs.media import check_image
     from duet_cli.methods.pyramiddrop.salient import salient_spans, salient_token_mask
 
     # images from a dataset or an API caller skip load_image's checks, and processors resize before

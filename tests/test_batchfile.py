@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from duet_cli.batchfile import BatchItem, read_batch
 from duet_cli.errors import InputError
+from duet_cli.inputs.batchfile import BatchItem, read_batch
 
 
 def write(tmp_path: Path, text: str, name: str = "batch.jsonl") -> Path:

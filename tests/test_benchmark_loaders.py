@@ -19,7 +19,7 @@ from PIL import Image
 from duet_cli.benchmarks.base import MalformedRecordWarning, Record
 from duet_cli.benchmarks.registry import get_benchmark
 from duet_cli.errors import InputError, UsageError
-from duet_cli.media import load_image
+from duet_cli.inputs.media import load_image
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 MME_ROOT = FIXTURES / "mme" / "MME_Benchmark_release_version"

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from duet_cli import cli
 from duet_cli.catalog import get_card, models_dir
-from duet_cli.chat_template import ChatTemplate
 from duet_cli.engine.training import IGNORE
+from duet_cli.inputs.chat_template import ChatTemplate
 from duet_cli.runtime import Prompt, build_inputs, load_model
 from duet_cli.training.collate import encode
 from duet_cli.training.data import Conversation
@@ -292,7 +292,7 @@ def video_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_video_llava_template_gives_the_stock_answer_on_a_video(video_llava: Path, tmp_path: Path) -> None:
     from tiny_video import write_video
 
-    from duet_cli.video import load_video
+    from duet_cli.inputs.video import load_video
 
     clip = write_video(tmp_path / "clip.mp4", 16)
     frames = load_video(clip, 4).frames

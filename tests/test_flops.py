@@ -1,6 +1,6 @@
 """FLOP and KV-cache arithmetic against hand computations written out term by term.
 
-Nothing here calls back into duet_cli.flops to get an expected value: every number is expanded by hand
+Nothing here calls back into duet_cli.cost.flops to get an expected value: every number is expanded by hand
 (tiny configs small enough to check on paper, the LLaVA-1.5-7B and Qwen2.5-VL-7B cards), and the Qwen
 tower is also checked against torch's own FLOP counter running the stock transformers code.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from duet_cli.catalog import dims_for, get_card
-from duet_cli.flops import (
+from duet_cli.cost.flops import (
     Architecture,
     TextArch,
     decode_step_flops,
@@ -19,7 +19,7 @@ from duet_cli.flops import (
     stage2_ranking_flops,
     vision_flops,
 )
-from duet_cli.flops_vision import QwenVisionArch, VisionArch
+from duet_cli.cost.flops_vision import QwenVisionArch, VisionArch
 
 # Tiny: CLIP 28/14 (4 patches + CLS = 5 tokens), hidden 8, MLP 16, 2 layers, 2 heads;
 # Llama hidden 8, MLP 12, 3 layers, 2 heads of 4, 1 kv head, vocab 10.

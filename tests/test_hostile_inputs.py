@@ -18,13 +18,14 @@ import pytest
 from PIL import Image
 from pngs import png_header
 
-from duet_cli import catalog, cli, userfiles
-from duet_cli.batchfile import read_batch
+from duet_cli import catalog, cli
 from duet_cli.benchmarks import hf
 from duet_cli.benchmarks.registry import data_roots
-from duet_cli.bounded import SHOW_CHARS, show
 from duet_cli.errors import InputError, ModelNotFoundError, ProfileError, UsageError
-from duet_cli.media import MAX_ASPECT, check_image, load_image
+from duet_cli.inputs import userfiles
+from duet_cli.inputs.batchfile import read_batch
+from duet_cli.inputs.bounded import SHOW_CHARS, show
+from duet_cli.inputs.media import MAX_ASPECT, check_image, load_image
 from duet_cli.profiles import load_profile
 
 DUET = Path(sys.executable).parent / "duet"
@@ -382,7 +383,7 @@ def test_batch_long_duplicate_id_and_nul_path_are_cut(tmp_path: Path) -> None:
 
 def test_fifo_video_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("av")
-    from duet_cli.video import load_video
+    from duet_cli.inputs.video import load_video
 
     path = fifo(tmp_path, "clip.mp4")
     with pytest.raises(InputError) as info:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import duet_cli
-from duet_cli import jsonio
 from duet_cli.errors import InputError
-from duet_cli.jsonio import atomic_write_bytes, atomic_write_text, check_writable, provenance, to_json
+from duet_cli.reports import jsonio
+from duet_cli.reports.jsonio import atomic_write_bytes, atomic_write_text, check_writable, provenance, to_json
 from duet_cli.trace import ReductionTrace, SampleTrace
 
 

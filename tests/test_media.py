@@ -10,9 +10,9 @@ import pytest
 from PIL import Image, ImageFile
 from pngs import png_header
 
-from duet_cli import media
 from duet_cli.errors import InputError
-from duet_cli.media import MAX_PIXELS, load_image
+from duet_cli.inputs import media
+from duet_cli.inputs.media import MAX_PIXELS, load_image
 
 
 def _assert_input_error(path: Path | str, *fragments: str) -> str:

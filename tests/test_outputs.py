@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from duet_cli import api, cli, console, jsonio
+from duet_cli import api, cli, console
 from duet_cli.errors import InputError
+from duet_cli.reports import jsonio
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ROOT / "examples" / "shapes.png"

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from duet_cli import cli, profiling, runtime
+from duet_cli import cli, runtime
 from duet_cli.catalog import get_card
+from duet_cli.cost import profiling
+from duet_cli.cost.flops import Architecture, decode_step_flops, prefill_flops
 from duet_cli.errors import UsageError
-from duet_cli.flops import Architecture, decode_step_flops, prefill_flops
-from duet_cli.render_profile import fmt_gflops, fmt_mib, fmt_ms, fmt_ratio
+from duet_cli.reports.render_profile import fmt_gflops, fmt_mib, fmt_ms, fmt_ratio
 
 ENV = {"COLUMNS": "240", "TERMINAL_WIDTH": "240", "NO_COLOR": "1"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

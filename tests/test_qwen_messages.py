@@ -291,7 +291,7 @@ def test_inline_and_file_images_go_through_load_image(
 ) -> None:
     import base64
 
-    from duet_cli import media
+    from duet_cli.inputs import media
 
     seen: list[str] = []
     real = media.load_image

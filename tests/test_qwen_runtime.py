@@ -14,10 +14,10 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor
 
-from duet_cli.chat_template import ChatTemplate
 from duet_cli.engine.session import apply_profile
 from duet_cli.errors import InputError
 from duet_cli.families.qwen2_5_vl import Qwen25VLAdapter
+from duet_cli.inputs.chat_template import ChatTemplate
 from duet_cli.runtime import LoadedModel, Prompt, build_inputs, run
 
 TEMPLATE = "<|im_start|>user\n<image>{question}<|im_end|>\n<|im_start|>assistant\n"
@@ -117,7 +117,7 @@ def test_max_pixels_bounds_the_tokens(loaded: LoadedModel) -> None:
 
 
 def test_video_without_a_video_processor_is_refused_in_one_line(loaded: LoadedModel) -> None:
-    from duet_cli.video import Video
+    from duet_cli.inputs.video import Video
 
     clip = Video("clip", [image(56, 56, 0)], [0], 1)
     refused = pytest.raises(InputError, match="has no video processor")

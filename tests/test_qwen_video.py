@@ -16,8 +16,8 @@ from transformers.vision_utils import get_vision_window_index
 
 from duet_cli.engine.session import apply_profile
 from duet_cli.families.qwen2_5_vl.inputs import seconds_per_slice
+from duet_cli.inputs.video import Video
 from duet_cli.runtime import LoadedModel, Prompt, build_inputs, load_model, run
-from duet_cli.video import Video
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from rich.console import Console, RenderableType
 
-from duet_cli.render import (
+from duet_cli.reports.render import (
     answers_renderable,
     infer_numbers,
     infer_table,
@@ -167,6 +167,7 @@ def test_answers_and_notice() -> None:
 
 
 def test_render_does_not_import_torch() -> None:
-    code = "import sys, duet_cli.render, duet_cli.jsonio, duet_cli.batchfile; print('torch' in sys.modules)"
+    modules = "duet_cli.reports.render, duet_cli.reports.jsonio, duet_cli.inputs.batchfile"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -179,7 +179,7 @@ def test_synth_source_matches_the_benchmark_stream() -> None:
 def test_a_library_source_trains_like_the_same_records_from_json(tmp_path: Path) -> None:
     """`train(cfg, source=...)`: the JSON file's conversations handed over as a plain list train to the
     same weights as `--data FILE` (same order, same batches), and cfg.data is not opened."""
-    from duet_cli.media import load_image
+    from duet_cli.inputs.media import load_image
     from duet_cli.training.data import Conversation
 
     records = json.loads(DATA.read_text())

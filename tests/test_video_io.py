@@ -22,7 +22,7 @@ from duet_cli.benchmarks import videoqa
 from duet_cli.benchmarks.base import MalformedRecordWarning, Record
 from duet_cli.benchmarks.registry import get_benchmark
 from duet_cli.errors import InputError
-from duet_cli.video import available_backends, load_video, sample_indices
+from duet_cli.inputs.video import available_backends, load_video, sample_indices
 
 pytest.importorskip("av")
 BACKENDS = available_backends()

@@ -28,8 +28,8 @@ from transformers.models.video_llava import modeling_video_llava
 
 from duet_cli.engine.session import apply_profile
 from duet_cli.errors import HookError
+from duet_cli.inputs.video import Video
 from duet_cli.runtime import Prompt, assemble_trace
-from duet_cli.video import Video
 
 pytestmark = pytest.mark.invariant  # also run on the oldest supported transformers (make check-oldest)
 

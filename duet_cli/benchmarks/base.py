@@ -10,7 +10,9 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-ImageRef = str | Path | Image.Image  # a file to load with duet_cli.media.load_image, or an image in memory
+ImageRef = (
+    str | Path | Image.Image
+)  # a file to load with duet_cli.inputs.media.load_image, or an image in memory
 
 
 @dataclass

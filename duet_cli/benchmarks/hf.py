@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from duet_cli import userfiles
 from duet_cli.benchmarks.base import ImageRef
 from duet_cli.errors import InputError, UsageError
+from duet_cli.inputs import userfiles
 
 T = TypeVar("T")
 _BATCH = 64  # rows per parquet read: images stream through memory a batch at a time
@@ -258,7 +258,7 @@ def image_ref(value: Any, where: str) -> ImageRef:
     """
     from PIL import Image
 
-    from duet_cli.media import size_problem
+    from duet_cli.inputs.media import size_problem
 
     image = value if isinstance(value, Image.Image) else None
     data = value.get("bytes") if isinstance(value, dict) else value

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from duet_cli.benchmarks.base import Benchmark
-from duet_cli.bounded import show
 from duet_cli.errors import UsageError
+from duet_cli.inputs.bounded import show
 
 # module that defines each benchmark (imported on first use, so `duet --help` stays light)
 _MODULES = {

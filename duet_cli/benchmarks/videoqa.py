@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from duet_cli.benchmarks import hf
 from duet_cli.benchmarks.base import Record, Score, warn_malformed
 from duet_cli.errors import InputError, UsageError
-from duet_cli.video import VIDEO_SUFFIXES
+from duet_cli.inputs.video import VIDEO_SUFFIXES
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 JUDGE_ENV = "DUET_VIDEOQA_JUDGE"  # "package.module:factory", a callable returning an AnswerJudge

@@ -87,7 +87,7 @@ def eval_cmd(
     from duet_cli.evaluate.report import benchmark_table, results, summary_table, write_outputs
     from duet_cli.evaluate.runner import EvalConfig, run_eval
     from duet_cli.evaluate.runner import Progress as Hooks
-    from duet_cli.jsonio import check_writable, provenance
+    from duet_cli.reports.jsonio import check_writable, provenance
 
     cfg = EvalConfig(
         benchmarks=benchmark,
@@ -165,7 +165,7 @@ def eval_cmd(
         return
     for bench in dict.fromkeys(c.benchmark for c in cells):
         out.print(benchmark_table(numbers, bench))
-    from duet_cli.render import setup_line
+    from duet_cli.reports.render import setup_line
 
     out.print(summary_table(numbers, footer=setup_line(prov)))
     err.print(f"wrote {paths['results']} and {paths['plot']}")

@@ -83,9 +83,15 @@ def infer(
 ) -> None:
     """Answer a question about images or videos, with a table of the visual tokens each stage kept."""
     from duet_cli import api
-    from duet_cli.batchfile import read_batch
-    from duet_cli.jsonio import atomic_write_text, check_writable, to_json
-    from duet_cli.render import answers_renderable, infer_numbers, numbers_table, setup_line, untrained_notice
+    from duet_cli.inputs.batchfile import read_batch
+    from duet_cli.reports.jsonio import atomic_write_text, check_writable, to_json
+    from duet_cli.reports.render import (
+        answers_renderable,
+        infer_numbers,
+        numbers_table,
+        setup_line,
+        untrained_notice,
+    )
 
     if batch is not None and (question is not None or image or video):
         raise UsageError("use either --batch FILE or --question/--image/--video, not both")

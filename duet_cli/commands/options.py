@@ -81,7 +81,7 @@ def check_template_options(
     from duet_cli.errors import UsageError
 
     if chat_template is not None:
-        from duet_cli.chat_template import from_option
+        from duet_cli.inputs.chat_template import from_option
 
         from_option(chat_template)
     if image_aspect is not None:

@@ -74,9 +74,9 @@ def profile(
     json_out: JsonOpt = False,
 ) -> None:
     """Per profile: FLOPs (papers' formula and actual), KV-cache bytes, times, speedup vs baseline."""
-    from duet_cli import profiling
-    from duet_cli.profile_numbers import report_numbers
-    from duet_cli.render_profile import flops_table, ledger_table, measured_table, tokens_table
+    from duet_cli.cost import profiling
+    from duet_cli.cost.profile_numbers import report_numbers
+    from duet_cli.reports.render_profile import flops_table, ledger_table, measured_table, tokens_table
 
     if text_tokens is not None and not config_only:
         raise UsageError("--text-tokens is for --config-only (a measured run counts the prompt's tokens)")
@@ -135,13 +135,13 @@ def profile(
         print_json(document)
         return
     if report.untrained:
-        from duet_cli.render import untrained_notice
+        from duet_cli.reports.render import untrained_notice
 
         err.print(untrained_notice(report.model))
     out.print(tokens_table(numbers))
     out.print(flops_table(numbers))
     if not report.config_only:
-        from duet_cli.render import setup_line
+        from duet_cli.reports.render import setup_line
 
         out.print(measured_table(numbers, footer=setup_line(report.provenance or {})))
     if layers:

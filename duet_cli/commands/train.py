@@ -88,7 +88,7 @@ def train(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from duet_cli.jsonio import provenance
+    from duet_cli.reports.jsonio import provenance
     from duet_cli.training.plan import TrainConfig, parse_parts
     from duet_cli.training.report import summary_table, write_outputs
     from duet_cli.training.trainer import Hooks

@@ -75,7 +75,7 @@ def visualize(
     json_out: JsonOpt = False,
 ) -> None:
     """Draw which patches each stage kept, merged and dropped, one row per profile, to a PNG."""
-    from duet_cli.jsonio import check_writable
+    from duet_cli.reports.jsonio import check_writable
 
     if video is not None and image:
         raise UsageError("give either --image (one or more) or one --video, not both")
@@ -92,8 +92,8 @@ def visualize(
     check_writable(out_file, named)  # never over an input
 
     from duet_cli import api
-    from duet_cli.image_aspect import prepare_images
-    from duet_cli.render import infer_numbers, numbers_table, setup_line, untrained_notice
+    from duet_cli.inputs.image_aspect import prepare_images
+    from duet_cli.reports.render import infer_numbers, numbers_table, setup_line, untrained_notice
     from duet_cli.runtime import check_question
     from duet_cli.visualize import FigureRow, render_figure, render_video_figure, write_png
     from duet_cli.visualize.draw import CELL, VIDEO_CELL

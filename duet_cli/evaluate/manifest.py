@@ -13,7 +13,7 @@ from typing import Any
 
 from duet_cli.benchmarks.base import Record
 from duet_cli.errors import InputError
-from duet_cli.userfiles import JSON_BYTES, read_text
+from duet_cli.inputs.userfiles import JSON_BYTES, read_text
 
 FORMAT = 1
 # every field a prediction depends on; benchmark and split are recorded for the reader, but the data a
@@ -64,8 +64,8 @@ def expected(
     `chat_template`: the --chat-template given (recorded by digest; None: the model's own, which the
     model identity covers); `image_aspect`: --image-aspect, else the catalog card's (None: the
     processor's crop), so predictions made under another aspect are never resumed into."""
-    from duet_cli.chat_template import from_option
-    from duet_cli.image_aspect import declared_aspect
+    from duet_cli.inputs.chat_template import from_option
+    from duet_cli.inputs.image_aspect import declared_aspect
 
     template = None
     if chat_template is not None:

@@ -167,7 +167,7 @@ def write_outputs(
     numbers: dict[str, Any], out: Path, provenance: dict[str, Any], title: str
 ) -> dict[str, Path]:
     """results.json and accuracy_vs_tokens.png under `out`, each written atomically."""
-    from duet_cli.jsonio import atomic_write_bytes, atomic_write_text, to_json
+    from duet_cli.reports.jsonio import atomic_write_bytes, atomic_write_text, to_json
 
     paths = {"results": out / "results.json", "plot": out / "accuracy_vs_tokens.png"}
     atomic_write_text(paths["results"], to_json({"provenance": provenance, **numbers}) + "\n")

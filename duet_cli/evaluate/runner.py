@@ -137,7 +137,7 @@ def _image(ref: Any) -> Any:
     from PIL import Image
 
     from duet_cli.errors import InputError
-    from duet_cli.media import load_image
+    from duet_cli.inputs.media import load_image
 
     if not isinstance(ref, Image.Image):
         return load_image(ref)
@@ -288,8 +288,8 @@ def _answer(
     from duet_cli.engine.session import apply_profile
     from duet_cli.errors import InputError
     from duet_cli.evaluate.prefetch import Prefetcher
+    from duet_cli.inputs.video import load_video
     from duet_cli.runtime import Prompt, run
-    from duet_cli.video import load_video
 
     if not records:
         return

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from duet_cli.errors import InputError
-from duet_cli.userfiles import JSON_BYTES, read_bytes
+from duet_cli.inputs.userfiles import JSON_BYTES, read_bytes
 
 FRESH = "to start fresh, use another --out or delete that file"
 

@@ -250,9 +250,9 @@ class DuetLMMs(lmms):
         where the chat template puts them) and its document's images and videos."""
         from PIL import Image
 
-        from duet_cli.media import check_image
+        from duet_cli.inputs.media import check_image
+        from duet_cli.inputs.video import load_video
         from duet_cli.runtime import Prompt
-        from duet_cli.video import load_video
 
         context, _, doc_to_visual, doc_id, task, split = req.args
         question = str(context)

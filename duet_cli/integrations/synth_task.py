@@ -130,7 +130,7 @@ def write_synth_task(
 
 
 def doc_to_visual(doc: dict[str, Any], root: Path) -> list[Any]:
-    from duet_cli.media import load_image
+    from duet_cli.inputs.media import load_image
 
     return [load_image(root / doc["image"])]
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from duet_cli.bounded import MAX_ERRORS, clip, show
 from duet_cli.errors import ProfileError
+from duet_cli.inputs.bounded import MAX_ERRORS, clip, show
 
 Stage = Literal["vision", "llm"]
 STAGES: tuple[Stage, ...] = ("vision", "llm")

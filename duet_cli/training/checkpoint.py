@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from duet_cli.errors import InputError
-from duet_cli.jsonio import write_failure
-from duet_cli.userfiles import JSON_BYTES, GiB, check_regular, read_text
+from duet_cli.inputs.userfiles import JSON_BYTES, GiB, check_regular, read_text
+from duet_cli.reports.jsonio import write_failure
 
 KILL_IN_SAVE_ENV = "DUET_TRAIN_KILL_IN_SAVE"  # test hook: SIGKILL while writing the checkpoint of step N
 _STEP = re.compile(r"^step-(\d{8})$")

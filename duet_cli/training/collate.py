@@ -1,6 +1,6 @@
 """Sequences and labels for training, left-padded batches, and the seeded data order.
 
-A conversation is written with the model's chat template (duet_cli.chat_template): a Jinja template
+A conversation is written with the model's chat template (duet_cli.inputs.chat_template): a Jinja template
 (the checkpoint's own, or --chat-template) renders the turns itself, and its assistant turns are
 labelled. With duet's own template form it becomes (the LLaVA-1.5 "v1" format, with the model's eos):
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from duet_cli.errors import InputError
-from duet_cli.userfiles import JSON_BYTES, read_text
+from duet_cli.inputs.userfiles import JSON_BYTES, read_text
 
 IMAGE_TAG = "<image>"
 SYNTH_IMAGES = 50_000  # `--data synth` default: the nominal train split
@@ -58,7 +58,7 @@ class LlavaJson:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Conversation:
-        from duet_cli.media import load_image
+        from duet_cli.inputs.media import load_image
 
         rid, path, turns = self.records[index]
         return Conversation(rid, turns, lambda: load_image(path))

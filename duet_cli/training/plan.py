@@ -121,8 +121,8 @@ def _check_options(cfg: TrainConfig) -> None:
 def settings(cfg: TrainConfig, plan_samples: int, profile_hash: str, global_batch: int, total: int) -> dict:
     """The run's settings as stored in every checkpoint (and compared on --resume)."""
     from duet_cli.catalog import default_model
-    from duet_cli.chat_template import from_option
-    from duet_cli.image_aspect import declared_aspect
+    from duet_cli.inputs.chat_template import from_option
+    from duet_cli.inputs.image_aspect import declared_aspect
 
     model = cfg.model or default_model()
     template = from_option(cfg.chat_template).describe()["sha256"] if cfg.chat_template else None
@@ -161,8 +161,8 @@ def make_plan(cfg: TrainConfig, source: Source | None = None) -> Plan:
     """Run every check that needs no weights; raise one DuetError on the first failure. `source`, when
     given, replaces `cfg.data` (library use: any indexable collection of `Conversation`s)."""
     from duet_cli.catalog import default_model, dims_for
-    from duet_cli.jsonio import check_not_replacing, check_writable
     from duet_cli.profiles import load_profile, resolve_profile
+    from duet_cli.reports.jsonio import check_not_replacing, check_writable
     from duet_cli.training import checkpoint
     from duet_cli.training.data import Problems, open_source
 

@@ -59,7 +59,7 @@ def loss_png(report: TrainReport) -> bytes:
 
 
 def write_outputs(report: TrainReport, out: Path, provenance: dict[str, Any]) -> dict[str, str]:
-    from duet_cli.jsonio import atomic_write_bytes, atomic_write_text, to_json
+    from duet_cli.reports.jsonio import atomic_write_bytes, atomic_write_text, to_json
 
     paths = {"report": out / "report.json", "loss_curve": out / "loss.png"}
     report.files.update({k: str(v) for k, v in paths.items()})

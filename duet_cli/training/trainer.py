@@ -24,7 +24,7 @@ from torch import nn
 
 from duet_cli.engine.training import IGNORE, reduced_loss
 from duet_cli.errors import DuetError, InputError
-from duet_cli.image_aspect import prepare_images
+from duet_cli.inputs.image_aspect import prepare_images
 from duet_cli.training import checkpoint
 from duet_cli.training.collate import Order, collate, encode
 from duet_cli.training.plan import SCHEDULES, Plan, TrainConfig, check_resume, make_plan, settings
@@ -435,7 +435,7 @@ def _save_model(loaded: Any, full: dict[str, torch.Tensor], out: Path) -> Path:
         loaded.model.save_pretrained(tmp, state_dict=weights)
         loaded.processor.save_pretrained(tmp)
     except Exception as exc:  # a full disk or a quota: one line, no half-written folder, OUT/model kept
-        from duet_cli.jsonio import write_failure
+        from duet_cli.reports.jsonio import write_failure
 
         failure = write_failure("the trained model", target, exc)
         if failure is None:

@@ -445,6 +445,6 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def write_png(path: str | os.PathLike[str], img: Image.Image) -> None:
     """Save as PNG atomically (a temporary file and a rename: never a half-written image)."""
-    from duet_cli.jsonio import atomic_write_bytes
+    from duet_cli.reports.jsonio import atomic_write_bytes
 
     atomic_write_bytes(path, png_bytes(img))

@@ -20,8 +20,8 @@ from duet_cli.trace import VisualSpan
 
 if TYPE_CHECKING:
     from duet_cli.engine.session import ReductionSession
+    from duet_cli.inputs.video import Video
     from duet_cli.runtime import LoadedModel, Prompt
-    from duet_cli.video import Video
 
 DEFAULT_SECONDS_PER_FRAME = 0.5  # the Qwen processors' default sampling rate, 2 frames per second
 

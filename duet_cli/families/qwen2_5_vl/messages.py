@@ -31,10 +31,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from duet_cli import userfiles
 from duet_cli.errors import InputError
-from duet_cli.userfiles import IMAGE_BYTES, JSON_BYTES, read_text
-from duet_cli.video import Video
+from duet_cli.inputs import userfiles
+from duet_cli.inputs.userfiles import IMAGE_BYTES, JSON_BYTES, read_text
+from duet_cli.inputs.video import Video
 
 ROLES = ("system", "user", "assistant")
 URL_FLAG = "--allow-urls"
@@ -167,7 +167,7 @@ def _check_source(what: str, source: Any, allow_urls: bool, *, video: bool = Fal
 
 
 def _check_pixels(what: str, part: dict[str, Any]) -> None:
-    from duet_cli.media import MAX_PIXELS
+    from duet_cli.inputs.media import MAX_PIXELS
 
     for key in _PIXEL_KEYS:
         if key not in part:
@@ -233,7 +233,7 @@ def fetch_url(url: str, limit: int = IMAGE_BYTES) -> bytes:
 def _decode_bytes(data: bytes, name: str) -> Any:
     """`load_image` on bytes (a fetched or inline image): through a private temporary file, so the same
     checks run; its messages name the source, not the temporary file."""
-    from duet_cli.media import load_image
+    from duet_cli.inputs.media import load_image
 
     with tempfile.TemporaryDirectory(prefix="duet-image-") as tmp:
         file = Path(tmp) / "image"
@@ -250,7 +250,7 @@ def _load(source: Any, what: str) -> Any:
     """One checked image source (see `_check_source`) as a decoded RGB image."""
     from PIL import Image
 
-    from duet_cli.media import load_image
+    from duet_cli.inputs.media import load_image
 
     if isinstance(source, Image.Image):
         return source

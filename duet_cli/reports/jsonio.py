@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from duet_cli.errors import InputError
-from duet_cli.userfiles import (
+from duet_cli.inputs.userfiles import (
     file_kind,  # the words input refusals use
     resolved,
     same_file,

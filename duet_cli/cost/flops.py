@@ -13,7 +13,7 @@ Two conventions, side by side:
   Qwen2.5-VL attends in windows), the lm_head on the last token only (`generate` keeps one logit row at
   prefill), the patch embedding, all encoder layers (the stock tower runs every layer, including the one
   after LLaVA's feature layer) and the projector (Qwen2.5-VL: the patch merger); see
-  `duet_cli.flops_vision` for each tower. Norms, rotary, softmax, activations and residual adds are
+  `duet_cli.cost.flops_vision` for each tower. Norms, rotary, softmax, activations and residual adds are
   elementwise and left out.
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from duet_cli.cost.flops_vision import Grid, QwenVisionArch, VisionArch, VisionTower
 from duet_cli.errors import ModelNotFoundError
-from duet_cli.flops_vision import Grid, QwenVisionArch, VisionArch, VisionTower
 
 
 @dataclass(frozen=True)

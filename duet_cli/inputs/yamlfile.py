@@ -13,9 +13,9 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-from duet_cli import userfiles
-from duet_cli.bounded import clip, show
 from duet_cli.errors import DuetError
+from duet_cli.inputs import userfiles
+from duet_cli.inputs.bounded import clip, show
 
 MAX_DEPTH = 64  # nested collections; a profile needs 3
 MAX_NUMBER_CHARS = 64  # an integer literal longer than this is no count or layer (and int() refuses 4300+)

@@ -1,9 +1,9 @@
 """FLOP arithmetic of the vision towers (no torch, no weights): CLIP with LLaVA's projector, and
-Qwen2.5-VL's windowed ViT with its patch merger. `duet_cli.flops` puts them together with the decoder.
+Qwen2.5-VL's windowed ViT with its patch merger. `duet_cli.cost.flops` puts them together with the decoder.
 
 Both towers answer the `VisionTower` protocol for a patch grid `(t, h, w)` (CLIP: always its own fixed
 grid; Qwen2.5-VL: every image has its own, from the image processor). Counts follow the *actual*
-convention of `duet_cli.flops`: 2 FLOPs per multiply-add of every matrix product that runs.
+convention of `duet_cli.cost.flops`: 2 FLOPs per multiply-add of every matrix product that runs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class TowerFlops:
 
 
 class VisionTower(Protocol):
-    """What `duet_cli.flops` needs from a vision tower's arithmetic."""
+    """What `duet_cli.cost.flops` needs from a vision tower's arithmetic."""
 
     @property
     def hidden(self) -> int: ...

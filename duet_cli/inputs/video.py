@@ -25,9 +25,9 @@ from typing import Any
 
 from PIL import Image
 
-from duet_cli import userfiles
-from duet_cli.bounded import show
 from duet_cli.errors import InputError, UnsupportedSetupError, UsageError
+from duet_cli.inputs import userfiles
+from duet_cli.inputs.bounded import show
 
 BACKENDS = ("auto", "pyav", "decord")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")

@@ -13,9 +13,9 @@ from typing import BinaryIO
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from duet_cli import userfiles
-from duet_cli.bounded import clip, show
 from duet_cli.errors import InputError
+from duet_cli.inputs import userfiles
+from duet_cli.inputs.bounded import clip, show
 
 MAX_PIXELS = 8192 * 8192  # larger headers are refused before decoding (decompression-bomb guard)
 # Processors resize first: CLIP scales the short side to 336, so a 263-byte 30000x2 PNG would become a

@@ -1,12 +1,12 @@
 """`duet profile`'s numbers: every figure of a ProfileReport, JSON-ready (what --json prints and what
-duet_cli.render_profile's tables show)."""
+duet_cli.reports.render_profile's tables show)."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
-from duet_cli.profiling import ProfileReport
+from duet_cli.cost.profiling import ProfileReport
 
 
 def _spread(xs: list[float]) -> dict[str, Any] | None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from duet_cli import userfiles
-from duet_cli.bounded import show
 from duet_cli.errors import InputError
+from duet_cli.inputs import userfiles
+from duet_cli.inputs.bounded import show
 
 
 @dataclass(frozen=True)

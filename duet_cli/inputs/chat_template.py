@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from duet_cli.errors import UsageError
-from duet_cli.userfiles import PROFILE_BYTES, read_text
+from duet_cli.inputs.userfiles import PROFILE_BYTES, read_text
 
 SENTINEL = "\ue000duet-question\ue001"  # private-use code points: no tokenizer or user writes these
 PROBE_QUESTION = "What is in the picture?"

@@ -1,8 +1,8 @@
 """What `duet profile` computes: per profile, FLOPs in two conventions and KV-cache bytes (from the
 architecture numbers and the token ledger), and measured vision / prefill / decode times and peak memory.
 
-`analyze` is pure arithmetic (see duet_cli/flops.py); `profile_config_only` needs no weights and no torch;
-`profile_measured` loads the model once and runs every profile on it. Dynamic-resolution families
+`analyze` is pure arithmetic (see duet_cli/cost/flops.py); `profile_config_only` needs no weights and no
+torch; `profile_measured` loads the model once and runs every profile on it. Dynamic-resolution families
 (Qwen2.5-VL): the vision arithmetic is for the image's own patch grid, which the image processor gives
 in a measured run; config-only uses the reference image of duet_cli.dims.
 """
@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duet_cli.dims import ModelDims
-from duet_cli.errors import HookError, UsageError
-from duet_cli.flops import (
+from duet_cli.cost.flops import (
     Architecture,
     FlopPair,
     KvCache,
@@ -29,7 +27,9 @@ from duet_cli.flops import (
     tokens_per_layer,
     vision_flops,
 )
-from duet_cli.flops_vision import Grid
+from duet_cli.cost.flops_vision import Grid
+from duet_cli.dims import ModelDims
+from duet_cli.errors import HookError, UsageError
 from duet_cli.profiles import ResolvedProfile
 
 DEFAULT_QUESTION = "What shapes are in this image, and what colors are they?"
@@ -319,9 +319,9 @@ def profile_measured(
 
     from duet_cli.engine.session import apply_profile
     from duet_cli.gen_settings import check_rows
-    from duet_cli.jsonio import provenance
-    from duet_cli.media import load_image
+    from duet_cli.inputs.media import load_image
     from duet_cli.profiles import load_profile, resolve_profile
+    from duet_cli.reports.jsonio import provenance
     from duet_cli.runtime import Prompt, check_question, load_model, run
 
     if repeats < 1 or warmup < 0 or batch < 1 or max_new_tokens < 1:
