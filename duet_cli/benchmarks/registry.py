@@ -12,9 +12,11 @@ from duet_cli.benchmarks.base import Benchmark
 from duet_cli.errors import UsageError
 from duet_cli.inputs.bounded import show
 
-# module that defines each benchmark (imported on first use, so `duet --help` stays light)
+# module that defines each benchmark (imported on first use, so `duet --help` stays light), as
+# "module" (which exposes it as BENCHMARK) or "module:ATTRIBUTE"
 _MODULES = {
     "synth": "duet_cli.benchmarks.synth",
+    "synth-large": "duet_cli.benchmarks.synth:LARGE_BENCHMARK",
     "textvqa": "duet_cli.benchmarks.textvqa",
     "pope": "duet_cli.benchmarks.pope",
     "gqa": "duet_cli.benchmarks.gqa",
@@ -31,12 +33,12 @@ def available() -> list[str]:
 
 
 def get_benchmark(name: str) -> Benchmark:
-    """The benchmark object named `name` (each module exposes it as BENCHMARK)."""
+    """The benchmark object named `name` (its module's BENCHMARK unless the table names another)."""
     key = name.strip().lower()
     if key not in _MODULES:
         raise UsageError(f"unknown benchmark {show(name)}.{_hint(key)} Available: {', '.join(available())}")
-    module = importlib.import_module(_MODULES[key])
-    bench: Benchmark = module.BENCHMARK
+    module, _, attribute = _MODULES[key].partition(":")
+    bench: Benchmark = getattr(importlib.import_module(module), attribute or "BENCHMARK")
     return bench
 
 

@@ -1,5 +1,6 @@
-"""The offline `synth` benchmark: seeded scenes of coloured shapes and small glyphs, six question types
-that mirror TextVQA, POPE, GQA and ScienceQA, scored by exact match. See docs/synth.md.
+"""The offline `synth` benchmarks: seeded scenes of coloured shapes and glyphs, six question types that
+mirror TextVQA, POPE, GQA and ScienceQA, scored by exact match. `synth` is the fine-detail scale,
+`synth-large` the same generator at a scale a small tower can read. See docs/synth.md.
 """
 
 from __future__ import annotations
@@ -8,33 +9,69 @@ import difflib
 import random
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from duet_cli.benchmarks.base import Benchmark, Record, Score
 from duet_cli.benchmarks.synth_questions import OPTION_LETTERS, QA, TYPES, make_questions
-from duet_cli.benchmarks.synth_scene import Scene, box_patches, generate_scene, object_patches, render
+from duet_cli.benchmarks.synth_scene import (
+    SYNTH,
+    SYNTH_LARGE,
+    Geometry,
+    Scene,
+    box_patches,
+    generate_scene,
+    object_patches,
+    render,
+)
 from duet_cli.errors import UsageError
 
 SPLITS = {"train": 50_000, "val": 250, "test": 500}  # images; the train stream may be read further
 EVAL_QUESTIONS = 2  # records per image in load(): types rotate so each is 1/6 of a split
 DEFAULT_SEED = 0
-_ID = re.compile(r"^synth-(train|val|test)-(\d+)-q(\d)$")
 
 
-def scene_key(split: str, index: int, seed: int = DEFAULT_SEED) -> str:
+@dataclass(frozen=True)
+class Variant:
+    """A synth benchmark: its name is the benchmark name, the id prefix and the root of its seed streams."""
+
+    name: str
+    geometry: Geometry
+    description: str
+
+
+FINE = Variant(
+    "synth",
+    SYNTH,
+    "Offline, generated from a seed: shapes, colours and small glyphs at 336 px; read / exist / "
+    "attribute / relation / count / choice questions; exact-match accuracy.",
+)
+LARGE = Variant(
+    "synth-large",
+    SYNTH_LARGE,
+    "Offline, generated from a seed: synth's questions at a legible scale (objects >= 4 x 4 patches, "
+    "glyphs at twice synth's size, 2-4 objects); exact-match accuracy.",
+)
+VARIANTS = {v.name: v for v in (FINE, LARGE)}
+_ID = re.compile(rf"^({'|'.join(map(re.escape, VARIANTS))})-(train|val|test)-(\d+)-q(\d)$")
+
+
+def scene_key(split: str, index: int, seed: int = DEFAULT_SEED, variant: Variant = FINE) -> str:
     """The string every random stream of one image derives from (random.Random hashes it with SHA-512)."""
-    return f"synth:{seed}:{split}:{index}"
+    return f"{variant.name}:{seed}:{split}:{index}"
 
 
-def scene_for(split: str, index: int, seed: int = DEFAULT_SEED) -> Scene:
-    return generate_scene(random.Random(scene_key(split, index, seed)))
+def scene_for(split: str, index: int, seed: int = DEFAULT_SEED, variant: Variant = FINE) -> Scene:
+    return generate_scene(random.Random(scene_key(split, index, seed, variant)), variant.geometry)
 
 
-def questions_for(scene: Scene, split: str, index: int, seed: int = DEFAULT_SEED) -> list[QA]:
+def questions_for(
+    scene: Scene, split: str, index: int, seed: int = DEFAULT_SEED, variant: Variant = FINE
+) -> list[QA]:
     """All questions of an image, one per type in TYPES order (question k has id suffix -qk)."""
-    return make_questions(scene, scene_key(split, index, seed), index)
+    return make_questions(scene, scene_key(split, index, seed, variant), index)
 
 
 def eval_question_indices(index: int) -> list[int]:
@@ -50,7 +87,14 @@ def _check_split(split: str) -> None:
 
 
 def make_record(
-    split: str, index: int, k: int, scene: Scene, qa: QA, image: Image.Image, seed: int = DEFAULT_SEED
+    split: str,
+    index: int,
+    k: int,
+    scene: Scene,
+    qa: QA,
+    image: Image.Image,
+    seed: int = DEFAULT_SEED,
+    variant: Variant = FINE,
 ) -> Record:
     evidence = sorted({p for i in qa.objects for p in object_patches(scene.objects[i])})
     meta: dict[str, object] = {
@@ -67,18 +111,19 @@ def make_record(
         meta["glyph_patches"] = box_patches(*scene.objects[qa.objects[0]].glyph_box)
     if qa.choices:
         meta["choices"] = list(qa.choices)
-    return Record(f"synth-{split}-{index:06d}-q{k}", qa.prompt, [image], [qa.answer], meta)
+    return Record(f"{variant.name}-{split}-{index:06d}-q{k}", qa.prompt, [image], [qa.answer], meta)
 
 
 def record_from_id(record_id: str, seed: int = DEFAULT_SEED) -> Record:
-    """Regenerate one record from its id, e.g. 'synth-test-000123-q2' (image 123 of test, question 2)."""
+    """Regenerate one record from its id, e.g. 'synth-test-000123-q2' (image 123 of test, question 2) or
+    'synth-large-val-000007-q5'; the prefix names the variant."""
     match = _ID.match(record_id)
-    if not match or int(match[3]) >= len(TYPES):
+    if not match or int(match[4]) >= len(TYPES):
         raise UsageError(f"not a synth record id: '{record_id}' (expected e.g. synth-test-000123-q2)")
-    split, index, k = match[1], int(match[2]), int(match[3])
-    scene = scene_for(split, index, seed)
-    qa = questions_for(scene, split, index, seed)[k]
-    return make_record(split, index, k, scene, qa, render(scene), seed)
+    variant, split, index, k = VARIANTS[match[1]], match[2], int(match[3]), int(match[4])
+    scene = scene_for(split, index, seed, variant)
+    qa = questions_for(scene, split, index, seed, variant)[k]
+    return make_record(split, index, k, scene, qa, render(scene), seed, variant)
 
 
 # --- scoring -------------------------------------------------------------------------------------------
@@ -128,21 +173,17 @@ def is_correct(record: Record, prediction: str | None) -> bool:
 
 
 class SynthBenchmark:
-    name = "synth"
-    description = (
-        "Offline, generated from a seed: shapes, colours and small glyphs at 336 px; read / exist / "
-        "attribute / relation / count / choice questions; exact-match accuracy."
-    )
     layout = "generated on the fly from a seed: no data needed, and `--data DIR` is ignored"
 
-    def __init__(self, seed: int = DEFAULT_SEED) -> None:
-        self.seed = seed
+    def __init__(self, seed: int = DEFAULT_SEED, variant: Variant = FINE) -> None:
+        self.seed, self.variant = seed, variant
+        self.name, self.description = variant.name, variant.description
 
     def _images(self, split: str, limit: int | None) -> Iterator[tuple[int, Scene]]:
         _check_split(split)
         n = SPLITS[split] if limit is None else limit if split == "train" else min(limit, SPLITS[split])
         for index in range(n):
-            yield index, scene_for(split, index, self.seed)
+            yield index, scene_for(split, index, self.seed, self.variant)
 
     def load(
         self, root: Path | None = None, split: str | None = None, limit: int | None = None
@@ -153,11 +194,11 @@ class SynthBenchmark:
         emitted = 0
         for index, scene in self._images(split, None):
             image = render(scene)
-            qas = questions_for(scene, split, index, self.seed)
+            qas = questions_for(scene, split, index, self.seed, self.variant)
             for k in eval_question_indices(index):
                 if limit is not None and emitted >= limit:
                     return
-                yield make_record(split, index, k, scene, qas[k], image, self.seed)
+                yield make_record(split, index, k, scene, qas[k], image, self.seed, self.variant)
                 emitted += 1
 
     def conversations(
@@ -169,9 +210,10 @@ class SynthBenchmark:
         With `shuffle` the turn order is permuted per image (seeded), so no type sits at a fixed turn.
         """
         for index, scene in self._images(split, limit):
-            turns = [(qa.prompt, qa.answer) for qa in questions_for(scene, split, index, self.seed)]
+            qas = questions_for(scene, split, index, self.seed, self.variant)
+            turns = [(qa.prompt, qa.answer) for qa in qas]
             if shuffle:
-                random.Random(scene_key(split, index, self.seed) + ":order").shuffle(turns)
+                random.Random(scene_key(split, index, self.seed, self.variant) + ":order").shuffle(turns)
             yield render(scene), turns
 
     def score(self, records: Sequence[Record], predictions: Sequence[str | None]) -> Score:
@@ -194,4 +236,5 @@ class SynthBenchmark:
 
 
 BENCHMARK = SynthBenchmark()
+LARGE_BENCHMARK = SynthBenchmark(variant=LARGE)  # the registry's `synth-large`
 _conforms: Benchmark = BENCHMARK  # mypy checks the class against the protocol

@@ -2,7 +2,8 @@
 
 Referring expressions only name what is unique in the scene: colours always are (distinct per scene),
 shapes and "size shape" phrases only when no other object matches. Spatial relations compare object
-centres and are only asked when the centres differ by at least MARGIN pixels on that axis.
+centres and are only asked when the centres differ by at least the scene geometry's `margin` pixels
+on that axis (synth: 28, synth-large: 56).
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from duet_cli.benchmarks.synth_scene import COLORS, DIGITS, LETTERS, PLURALS, SHAPES, Obj, Scene
+from duet_cli.benchmarks.synth_scene import COLORS, DIGITS, LETTERS, PLURALS, SHAPES, SYNTH, Obj, Scene
 
 TYPES = ("read", "exist", "attribute", "relation", "count", "choice")
-MARGIN = 28  # two patches: closer centres are never asked about
+MARGIN = SYNTH.margin  # synth's: 28 px, two patches; closer centres are never asked about
 OPEN_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's VQA/GQA/POPE suffix
 CHOICE_SUFFIX = "\nAnswer with the option's letter from the given choices directly."  # LLaVA's ScienceQA
 OPTION_LETTERS = "ABCD"
 
-# relation phrase -> (axis, sign): A rel B holds when sign * (A - B) >= MARGIN along the axis
+# relation phrase -> (axis, sign): A rel B holds when sign * (A - B) >= margin along the axis
 RELATIONS = {"to the left of": ("x", -1), "to the right of": ("x", 1), "above": ("y", -1), "below": ("y", 1)}
 OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below"}
 OPPOSITE["below"] = "above"
@@ -69,9 +70,9 @@ def _delta(a: Obj, b: Obj, axis: str) -> float:
     return a.cx - b.cx if axis == "x" else a.cy - b.cy
 
 
-def holds(a: Obj, b: Obj, rel: str) -> bool:
+def holds(a: Obj, b: Obj, rel: str, margin: int = MARGIN) -> bool:
     axis, sign = RELATIONS[rel]
-    return sign * _delta(a, b, axis) >= MARGIN
+    return sign * _delta(a, b, axis) >= margin
 
 
 def read(scene: Scene, rng: random.Random) -> QA:
@@ -120,15 +121,15 @@ def attribute(scene: Scene, rng: random.Random) -> QA:
 
 
 def relation(scene: Scene, rng: random.Random, yes: bool, open_form: bool) -> QA:
-    objs = scene.objects
+    objs, margin = scene.objects, scene.geometry.margin
     # open form: "the shape REL the B" is asked only when exactly one object is clearly REL of B and
-    # no other object's centre lies within MARGIN of B's on that axis
+    # no other object's centre lies within the margin of B's on that axis
     open_items = []
     for j, b in enumerate(objs):
         for rel, (axis, _) in RELATIONS.items():
             others = [i for i in range(len(objs)) if i != j]
-            hits = [i for i in others if holds(objs[i], b, rel)]
-            near = [i for i in others if abs(_delta(objs[i], b, axis)) < MARGIN]
+            hits = [i for i in others if holds(objs[i], b, rel, margin)]
+            near = [i for i in others if abs(_delta(objs[i], b, axis)) < margin]
             if len(hits) == 1 and not near:
                 open_items.append((hits[0], j, rel))
     if open_items and open_form:
@@ -140,8 +141,8 @@ def relation(scene: Scene, rng: random.Random, yes: bool, open_form: bool) -> QA
         for i in range(len(objs))
         for j in range(len(objs))
         for rel in RELATIONS
-        if i != j and holds(objs[i], objs[j], rel)
-    ]  # never empty: two non-overlapping boxes' centres are > MARGIN apart on some axis
+        if i != j and holds(objs[i], objs[j], rel, margin)
+    ]  # never empty: two non-overlapping boxes' centres are > margin apart on some axis (Geometry checks)
     i, j, rel = rng.choice(pairs)
     asked = rel if yes else OPPOSITE[rel]
     question = f"Is the {_name(objs[i])} {asked} the {_name(objs[j])}?"

@@ -1,11 +1,14 @@
-"""Scenes of the offline `synth` benchmark: a seeded layout of coloured shapes (some carrying a glyph),
-rendered pixel-exactly with integer arithmetic in numpy, so images are byte-identical everywhere.
+"""Scenes of the offline `synth` benchmarks: a seeded layout of coloured shapes (some carrying a glyph),
+rendered pixel-exactly with integer arithmetic in numpy, so images are byte-identical everywhere. The
+scale (object sizes, glyph scale, object count) is a `Geometry`: `SYNTH` (fine detail) or `SYNTH_LARGE`.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -30,13 +33,7 @@ BACKGROUNDS = ((245, 243, 235), (236, 239, 245), (238, 245, 236))  # light tints
 INK_ON = {"yellow": (20, 20, 20), "orange": (20, 20, 20)}  # glyph ink: black on light fills...
 INK_DEFAULT = (250, 250, 250)  # ...white on every darker one
 
-# Size classes are separated by gaps so "the small square" is never a judgement call.
-SIZE_CLASSES = {"small": (30, 44), "medium": (54, 70), "large": (84, 104)}
-SIZE_WEIGHTS = (4, 3, 3)  # small objects are the point of the benchmark: the most frequent class
-GAP = 8  # minimum free pixels between two objects' boxes
-BORDER = 6  # minimum free pixels between an object and the image edge
-
-# 5 x 7 bitmap font ('#' = ink), drawn at GLYPH_SCALE: 20 x 28 px, strokes 4 px wide.
+# 5 x 7 bitmap font ('#' = ink), drawn at a Geometry's glyph_scale (synth: 20 x 28 px, 4 px strokes).
 FONT = {
     "A": ["..#..", ".#.#.", "#...#", "#...#", "#####", "#...#", "#...#"],
     "B": ["####.", "#...#", "#...#", "####.", "#...#", "#...#", "####."],
@@ -75,18 +72,91 @@ FONT = {
     "8": [".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."],
     "9": [".###.", "#...#", "#...#", ".####", "....#", "....#", ".###."],
 }
-GLYPH_SCALE = 4
-GLYPH_W, GLYPH_H = 5 * GLYPH_SCALE, 7 * GLYPH_SCALE
 LETTERS = tuple(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in "IO")  # I, O look like 1, 0
 DIGITS = tuple("0123456789")
-_GLYPH_MASKS = {
-    ch: np.repeat(
-        np.repeat(np.array([[c == "#" for c in line] for line in rows]), GLYPH_SCALE, 0), GLYPH_SCALE, 1
-    )
-    for ch, rows in FONT.items()
-}
-GLYPH_CARRIERS = ("circle", "square")  # a 20 x 28 glyph fits inside these from 40 px up
-MIN_CARRIER = 40
+GLYPH_CARRIERS = ("circle", "square")  # a glyph is only drawn inside these
+CARRIER_RATE = 0.35  # chance that an object after the first carries a glyph
+
+
+@functools.cache
+def glyph_mask(ch: str, scale: int) -> np.ndarray:
+    """The glyph's ink as a boolean (7 * scale, 5 * scale) array: each font cell a scale x scale block."""
+    bits = np.array([[c == "#" for c in line] for line in FONT[ch]])
+    mask = np.repeat(np.repeat(bits, scale, 0), scale, 1)
+    mask.flags.writeable = False  # shared by every caller (cached)
+    return mask
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The scale of a synth variant: object sizes and count, spacing, glyph scale, relation margin.
+
+    Size classes are separated by gaps so "the small square" is never a judgement call; the first class
+    is the crowded-scene fallback and must hold `min_carrier`, the smallest circle or square a glyph is
+    drawn in (one whose inscribed circle holds the whole glyph box).
+    """
+
+    objects: tuple[int, int]  # objects per image, inclusive range (fewer only when crowded, never < 2)
+    size_classes: tuple[tuple[str, int, int], ...]  # (name, min side, max side) in px, small to large
+    size_weights: tuple[int, ...]  # how often each class is drawn
+    glyph_scale: int  # px per font cell: the glyph is 5 x 7 cells, strokes one cell wide
+    min_carrier: int  # smallest side (px) of a shape that carries a glyph
+    gap: int = 8  # minimum free pixels between two objects' boxes
+    border: int = 6  # minimum free pixels between an object and the image edge
+    margin: int = 28  # relations: centres closer than this on the axis are never asked about
+
+    def __post_init__(self) -> None:
+        (_, lo, hi), *_ = self.size_classes
+        if not lo <= self.min_carrier <= hi:
+            raise ValueError(f"min_carrier {self.min_carrier} is not a {self.size_classes[0][0]} size")
+        if math.hypot(self.glyph_w, self.glyph_h) > self.min_carrier:
+            raise ValueError(
+                f"a {self.glyph_w} x {self.glyph_h} glyph does not fit a {self.min_carrier} px circle"
+            )
+        if len(self.size_weights) != len(self.size_classes):
+            raise ValueError("one weight per size class")
+        if lo + self.gap < self.margin:  # else two apart objects might have no askable relation
+            raise ValueError(f"margin {self.margin} exceeds the closest centres, {lo + self.gap} px apart")
+
+    @property
+    def glyph_w(self) -> int:
+        return 5 * self.glyph_scale
+
+    @property
+    def glyph_h(self) -> int:
+        return 7 * self.glyph_scale
+
+    def size_class(self, size: int) -> str:
+        return next(name for name, lo, hi in self.size_classes if lo <= size <= hi)
+
+
+# Fine detail: small objects (2-3 patches wide) are the most frequent class; glyphs 20 x 28 px, 4 px strokes.
+SYNTH = Geometry(
+    objects=(2, 6),
+    size_classes=(("small", 30, 44), ("medium", 54, 70), ("large", 84, 104)),
+    size_weights=(4, 3, 3),
+    glyph_scale=4,
+    min_carrier=40,
+)
+# Legible to a small tower: every object at least 4 x 4 patches (56 px), glyphs at twice the scale (40 x 56
+# px, 8 px strokes), 2-4 objects so they still fit and evidence stays local, relations at twice the margin.
+SYNTH_LARGE = Geometry(
+    objects=(2, 4),
+    size_classes=(("small", 56, 70), ("medium", 80, 94), ("large", 104, 118)),
+    size_weights=(5, 3, 2),
+    glyph_scale=8,
+    min_carrier=70,
+    margin=56,
+)
+
+# `synth`'s values under their historical names (scripts read them)
+SIZE_CLASSES = {name: (lo, hi) for name, lo, hi in SYNTH.size_classes}
+SIZE_WEIGHTS = SYNTH.size_weights
+GAP, BORDER = SYNTH.gap, SYNTH.border
+GLYPH_SCALE = SYNTH.glyph_scale
+GLYPH_W, GLYPH_H = SYNTH.glyph_w, SYNTH.glyph_h
+MIN_CARRIER = SYNTH.min_carrier
+_GLYPH_MASKS = {ch: glyph_mask(ch, GLYPH_SCALE) for ch in FONT}
 
 
 @dataclass(frozen=True)
@@ -99,6 +169,7 @@ class Obj:
     x: int
     y: int
     glyph: str | None = None
+    geometry: Geometry = field(default=SYNTH, repr=False, compare=False)  # the scale it was drawn at
 
     @property
     def cx(self) -> float:
@@ -110,22 +181,27 @@ class Obj:
 
     @property
     def size_class(self) -> str:
-        return next(name for name, (lo, hi) in SIZE_CLASSES.items() if lo <= self.size <= hi)
+        return self.geometry.size_class(self.size)
 
     @property
     def glyph_box(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1), end-exclusive, of the glyph centred in the object."""
-        gx, gy = self.x + (self.size - GLYPH_W) // 2, self.y + (self.size - GLYPH_H) // 2
-        return gx, gy, gx + GLYPH_W, gy + GLYPH_H
+        w, h = self.geometry.glyph_w, self.geometry.glyph_h
+        gx, gy = self.x + (self.size - w) // 2, self.y + (self.size - h) // 2
+        return gx, gy, gx + w, gy + h
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "geometry"}
 
 
 @dataclass(frozen=True)
 class Scene:
     background: tuple[int, int, int]
     objects: tuple[Obj, ...]
+    geometry: Geometry = field(default=SYNTH, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"background": list(self.background), "objects": [asdict(o) for o in self.objects]}
+        return {"background": list(self.background), "objects": [o.to_dict() for o in self.objects]}
 
 
 def box_patches(x0: int, y0: int, x1: int, y1: int) -> list[int]:
@@ -139,43 +215,46 @@ def object_patches(obj: Obj) -> list[int]:
     return box_patches(obj.x, obj.y, obj.x + obj.size, obj.y + obj.size)
 
 
-def _free(x: int, y: int, size: int, placed: list[Obj]) -> bool:
+def _free(x: int, y: int, size: int, placed: list[Obj], gap: int) -> bool:
     return all(
-        x + size + GAP <= o.x or o.x + o.size + GAP <= x or y + size + GAP <= o.y or o.y + o.size + GAP <= y
+        x + size + gap <= o.x or o.x + o.size + gap <= x or y + size + gap <= o.y or o.y + o.size + gap <= y
         for o in placed
     )
 
 
-def _place(rng: random.Random, size: int, placed: list[Obj], tries: int = 60) -> tuple[int, int] | None:
-    hi = SIZE - BORDER - size
+def _place(
+    rng: random.Random, size: int, placed: list[Obj], geo: Geometry, tries: int = 60
+) -> tuple[int, int] | None:
+    hi = SIZE - geo.border - size
     for _ in range(tries):
-        x, y = rng.randint(BORDER, hi), rng.randint(BORDER, hi)
-        if _free(x, y, size, placed):
+        x, y = rng.randint(geo.border, hi), rng.randint(geo.border, hi)
+        if _free(x, y, size, placed, geo.gap):
             return x, y
     return None
 
 
-def generate_scene(rng: random.Random) -> Scene:
-    """2-6 objects in distinct colours, no overlaps; the first drawn always carries a glyph.
+def generate_scene(rng: random.Random, geo: Geometry = SYNTH) -> Scene:
+    """`geo.objects` objects (synth: 2-6) in distinct colours, no overlaps; the first always has a glyph.
 
     Glyph characters are distinct within a scene, so every referring expression used by the questions
     (a colour, which is unique; a shape or size+shape when unique) picks out one object.
     """
     background = BACKGROUNDS[rng.randrange(len(BACKGROUNDS))]
-    n = rng.randint(2, 6)
+    n = rng.randint(*geo.objects)
     colors = rng.sample(list(COLORS), n)
     used_glyphs: set[str] = set()
     placed: list[Obj] = []
+    classes = {name: (lo, hi) for name, lo, hi in geo.size_classes}
     for i, color in enumerate(colors):
-        carrier = i == 0 or rng.random() < 0.35
+        carrier = i == 0 or rng.random() < CARRIER_RATE
         shape = rng.choice(GLYPH_CARRIERS) if carrier else rng.choice(SHAPES)
-        size_class = rng.choices(list(SIZE_CLASSES), weights=SIZE_WEIGHTS)[0]
-        lo, hi = SIZE_CLASSES[size_class]
-        size = rng.randint(max(lo, MIN_CARRIER) if carrier else lo, hi)
-        spot = _place(rng, size, placed)
+        size_class = rng.choices(list(classes), weights=geo.size_weights)[0]
+        lo, hi = classes[size_class]
+        size = rng.randint(max(lo, geo.min_carrier) if carrier else lo, hi)
+        spot = _place(rng, size, placed, geo)
         if spot is None:  # crowded: fall back to the smallest size that still fits the glyph
-            size = MIN_CARRIER if carrier else SIZE_CLASSES["small"][0]
-            spot = _place(rng, size, placed)
+            size = geo.min_carrier if carrier else geo.size_classes[0][1]
+            spot = _place(rng, size, placed, geo)
         if spot is None:
             if len(placed) >= 2:
                 break
@@ -185,8 +264,8 @@ def generate_scene(rng: random.Random) -> Scene:
             pool = LETTERS if rng.random() < 0.5 else DIGITS
             glyph = rng.choice([c for c in pool if c not in used_glyphs])
             used_glyphs.add(glyph)
-        placed.append(Obj(shape, color, size, spot[0], spot[1], glyph))
-    return Scene(background, tuple(placed))
+        placed.append(Obj(shape, color, size, spot[0], spot[1], glyph, geo))
+    return Scene(background, tuple(placed), geo)
 
 
 def _mask(obj: Obj) -> np.ndarray:
@@ -214,6 +293,6 @@ def render(scene: Scene) -> Image.Image:
         region[_mask(obj)] = COLORS[obj.color]
         if obj.glyph is not None:
             ink = INK_ON.get(obj.color, INK_DEFAULT)
-            gx, gy, _, _ = obj.glyph_box
-            canvas[gy : gy + GLYPH_H, gx : gx + GLYPH_W][_GLYPH_MASKS[obj.glyph]] = ink
+            gx, gy, gx1, gy1 = obj.glyph_box
+            canvas[gy:gy1, gx:gx1][glyph_mask(obj.glyph, obj.geometry.glyph_scale)] = ink
     return Image.fromarray(canvas)

@@ -19,7 +19,8 @@ from duet_cli.errors import InputError
 from duet_cli.inputs.userfiles import JSON_BYTES, read_text
 
 IMAGE_TAG = "<image>"
-SYNTH_IMAGES = 50_000  # `--data synth` default: the nominal train split
+SYNTH_IMAGES = 50_000  # `--data synth` (or synth-large) default: the nominal train split
+SYNTH_NAMES = ("synth", "synth-large")  # `--data` values that are a synth train stream, not a file
 
 
 @dataclass
@@ -172,7 +173,8 @@ def read_llava_json(
 
 @dataclass
 class SynthSource:
-    """Image i of the synth train split with all its questions as one multi-turn conversation.
+    """Image i of the train split of synth (or of the variant `name`, e.g. synth-large) with all its
+    questions as one multi-turn conversation.
 
     The same turns, in the same seeded order, as `SynthBenchmark.conversations` (tested), but
     addressable by index so the trainer can shuffle.
@@ -187,18 +189,20 @@ class SynthSource:
         return self.images
 
     def __getitem__(self, index: int) -> Conversation:
-        from duet_cli.benchmarks.synth import questions_for, render, scene_for, scene_key
+        from duet_cli.benchmarks.synth import VARIANTS, questions_for, render, scene_for, scene_key
 
-        scene = scene_for(self.split, index, self.seed)
-        turns = [(qa.prompt, qa.answer) for qa in questions_for(scene, self.split, index, self.seed)]
-        random.Random(scene_key(self.split, index, self.seed) + ":order").shuffle(turns)
-        return Conversation(f"synth-{self.split}-{index:06d}", turns, lambda: render(scene))
+        variant = VARIANTS[self.name]
+        scene = scene_for(self.split, index, self.seed, variant)
+        qas = questions_for(scene, self.split, index, self.seed, variant)
+        turns = [(qa.prompt, qa.answer) for qa in qas]
+        random.Random(scene_key(self.split, index, self.seed, variant) + ":order").shuffle(turns)
+        return Conversation(f"{self.name}-{self.split}-{index:06d}", turns, lambda: render(scene))
 
 
 def open_source(
     data: str, image_folder: Path | None, *, strict: bool = False, limit: int | None = None
 ) -> tuple[Source, Problems]:
-    """`synth` or a LLaVA JSON/JSONL file."""
-    if data == "synth":
-        return SynthSource(images=limit or SYNTH_IMAGES), Problems()
+    """`synth`, `synth-large` or a LLaVA JSON/JSONL file."""
+    if data in SYNTH_NAMES:
+        return SynthSource(images=limit or SYNTH_IMAGES, name=data), Problems()
     return read_llava_json(Path(data).expanduser(), image_folder, strict=strict, limit=limit)
