@@ -97,6 +97,16 @@ def user(question: str, *parts: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [*({"type": p} for p in parts), {"type": "text", "text": question}]}]
 
 
+def baseline_inputs(loaded: Any, question: str, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+    """duet's model inputs for one prompt under `baseline`."""
+    from duet_cli.engine.session import apply_profile
+    from duet_cli.profiles import load_profile, resolve_profile
+
+    profile = resolve_profile(load_profile("baseline"), loaded.adapter.dims(loaded.model))
+    with apply_profile(loaded.model, profile) as session:
+        return build_inputs(loaded, session, [Prompt(question, images)])
+
+
 # -- LLaVA --------------------------------------------------------------------------------------------
 
 
@@ -114,13 +124,7 @@ def test_llava_checkpoint_template_gives_the_stock_prompt_and_answer(llava: Path
     image = Image.open(SHAPES).convert("RGB")
     inputs, answer = stock(llava, user(question, "image"), images=[image])
     loaded = load_model(str(llava), device="cpu")
-    from duet_cli.engine.session import apply_profile
-    from duet_cli.profiles import load_profile, resolve_profile
-
-    with apply_profile(
-        loaded.model, resolve_profile(load_profile("baseline"), loaded.adapter.dims(loaded.model))
-    ) as s:
-        ours = build_inputs(loaded, s, [Prompt(question, [image])])
+    ours = baseline_inputs(loaded, question, [image])
     assert torch.equal(ours["input_ids"], inputs["input_ids"])
     assert torch.equal(ours["pixel_values"], inputs["pixel_values"])
     assert loaded.chat.source == "checkpoint (processor)" and loaded.chat.jinja == LLAVA_TEMPLATE
@@ -242,13 +246,7 @@ def test_qwen_template_without_a_system_message_gives_the_stock_answer(qwen: Pat
     image = Image.open(SHAPES).convert("RGB")
     inputs, answer = stock(qwen, user(question, "image"), images=[image])
     loaded = load_model(str(qwen), device="cpu")
-    from duet_cli.engine.session import apply_profile
-    from duet_cli.profiles import load_profile, resolve_profile
-
-    with apply_profile(
-        loaded.model, resolve_profile(load_profile("baseline"), loaded.adapter.dims(loaded.model))
-    ) as s:
-        ours = build_inputs(loaded, s, [Prompt(question, [image])])
+    ours = baseline_inputs(loaded, question, [image])
     assert torch.equal(ours["input_ids"], inputs["input_ids"])
     assert loaded.chat.source == "checkpoint (processor)"
     assert "system" not in loaded.tokenizer.decode(ours["input_ids"][0])
