@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_runs import run_main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -181,8 +182,6 @@ def test_chat_template_option_overrides_with_a_string_or_a_file(llava: Path, tmp
 def test_a_bad_chat_template_is_one_line(
     value: str, says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_cli import run_main
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, stderr = run_main(
         monkeypatch, capsys, ["infer", "-i", str(SHAPES), "-q", "What?", "--chat-template", value]

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import typer
+from cli_runs import plain, run_main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,10 +32,6 @@ DUET = Path(sys.executable).parent / "duet"
 ENV = {"COLUMNS": "200", "TERMINAL_WIDTH": "200", "NO_COLOR": "1"}  # wide, plain help and tables
 RUN = ["--max-new-tokens", "3", "--device", "cpu"]  # every model run: short and on the CPU
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def plain(text: str) -> str:
-    return ANSI.sub("", text)
 
 
 def lines_of(text: str) -> list[str]:
@@ -350,19 +347,6 @@ def test_out_unwritable_fails_before_loading(
 
 # ---------------------------------------------------------------------------------------------------------
 # 5. bad input, 6. exit codes
-
-
-def run_main(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
-) -> tuple[int, str, str]:
-    """`duet ARGV` through the console-script entry point, in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["duet", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    stdout, stderr = capsys.readouterr()
-    code = exit_info.value.code
-    assert isinstance(code, int)
-    return code, plain(stdout), plain(stderr)
 
 
 def spy_load_model(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:

@@ -15,10 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cli_runs import run_main
 from PIL import Image
 from pngs import png_header
 
-from duet_cli import catalog, cli
+from duet_cli import catalog
 from duet_cli.benchmarks import hf
 from duet_cli.benchmarks.registry import data_roots
 from duet_cli.errors import InputError, ModelNotFoundError, ProfileError, UsageError
@@ -69,19 +70,6 @@ def fifo(tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     os.mkfifo(path)
     return path
-
-
-def run_main(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
-) -> tuple[int, str]:
-    """`duet ARGV` through the console-script entry point, in-process: (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["duet", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    _, stderr = capsys.readouterr()
-    code = exit_info.value.code
-    assert isinstance(code, int)
-    return code, stderr
 
 
 # ---- profiles: YAML bombs and strictness ----
@@ -325,7 +313,7 @@ def test_cli_fifo_image_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = fifo(tmp_path, "pipe.png")
-    code, stderr = no_hang(
+    code, _, stderr = no_hang(
         lambda: run_main(monkeypatch, capsys, ["infer", "--device", "cpu", "-i", str(path), "-q", "hi"]),
         fifo=path,
         seconds=120,
@@ -451,7 +439,7 @@ def test_eval_with_a_misspelt_data_name_fails_before_anything_runs(
     with pytest.raises(UsageError, match="Did you mean: synth"):
         prepare(EvalConfig(benchmarks=["synth"], profiles=["baseline"], data={"synht": tmp_path}))
     out = tmp_path / "out"
-    code, stderr = run_main(
+    code, _, stderr = run_main(
         monkeypatch,
         capsys,
         [

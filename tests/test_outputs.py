@@ -23,8 +23,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cli_runs import run_main
 
-from duet_cli import api, cli, console
+from duet_cli import api, console
 from duet_cli.errors import InputError
 from duet_cli.reports import jsonio
 
@@ -39,18 +40,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def lines_of(text: str) -> list[str]:
     return [line for line in ANSI.sub("", text).splitlines() if line.strip()]
-
-
-def run_main(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
-) -> tuple[int, str, str]:
-    """`duet ARGV` through the console-script entry point, in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["duet", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    stdout, stderr = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), ANSI.sub("", stdout), ANSI.sub("", stderr)
 
 
 @pytest.fixture
