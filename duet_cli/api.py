@@ -216,8 +216,7 @@ def _answer(
         device=str(loaded.device),
         seed=seed,
     )
-    prov["chat_template"] = loaded.chat.describe()
-    prov["image_aspect"] = loaded.image_aspect
+    prov |= loaded.prompting()
     return InferReport(
         model=loaded.name,
         untrained=loaded.untrained,

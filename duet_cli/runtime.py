@@ -43,6 +43,10 @@ class LoadedModel:
         """The chat template's text (Jinja, or duet's `<image>`/`{question}` form)."""
         return self.chat.body
 
+    def prompting(self) -> dict[str, Any]:
+        """How prompts and images are prepared, as provenance and results.json record it."""
+        return {"chat_template": self.chat.describe(), "image_aspect": self.image_aspect}
+
 
 @dataclass
 class Prompt:

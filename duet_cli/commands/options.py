@@ -87,5 +87,6 @@ def check_template_options(
     if image_aspect is not None:
         if messages:
             raise UsageError("--image-aspect is not for --messages (Qwen2.5-VL keeps each image's aspect)")
-        if image_aspect not in ("pad", "crop"):
-            raise UsageError(f"--image-aspect {image_aspect!r}: choose pad or crop")
+        from duet_cli.inputs.image_aspect import check_aspect
+
+        check_aspect(image_aspect)

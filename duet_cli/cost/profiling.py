@@ -401,8 +401,7 @@ def profile_measured(
         device=str(loaded.device),
         seed=seed,
     )
-    prov["chat_template"] = loaded.chat.describe()
-    prov["image_aspect"] = loaded.image_aspect
+    prov |= loaded.prompting()
     return ProfileReport(
         model=loaded.name,
         config_only=False,

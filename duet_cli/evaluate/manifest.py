@@ -64,12 +64,9 @@ def expected(
     `chat_template`: the --chat-template given (recorded by digest; None: the model's own, which the
     model identity covers); `image_aspect`: --image-aspect, else the catalog card's (None: the
     processor's crop), so predictions made under another aspect are never resumed into."""
-    from duet_cli.inputs.chat_template import from_option
+    from duet_cli.inputs.chat_template import option_digest
     from duet_cli.inputs.image_aspect import declared_aspect
 
-    template = None
-    if chat_template is not None:
-        template = from_option(chat_template).describe()["sha256"]
     return {
         "format": FORMAT,
         "model": model_identity(model),
@@ -80,7 +77,7 @@ def expected(
         "seed": seed,
         "frames": frames,
         "pixels": list(pixels),
-        "chat_template": template,
+        "chat_template": option_digest(chat_template),
         "image_aspect": declared_aspect(model, image_aspect),
         "benchmark": benchmark,
         "split": split,

@@ -192,7 +192,7 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> list[Cell] | 
                 _score(cfg, prepared[b], b, c, wants[(b, c.stem)], ranks) for b in prepared for c in chosen
             ]
             for cell in cells:
-                cell.setup = {"chat_template": loaded.chat.describe(), "image_aspect": loaded.image_aspect}
+                cell.setup = loaded.prompting()
         _check_scored(cells, progress)
         return cells
     finally:

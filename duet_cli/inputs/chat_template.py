@@ -24,6 +24,7 @@ tokenizer's eos, so that a fine-tuned model learns to stop.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -144,10 +145,11 @@ class ChatTemplate:
         def rendered(n: int, generation_prompt: bool) -> str:
             return render(loaded, self, self._messages(messages[:n]), generation_prompt=generation_prompt)
 
-        full = rendered(len(messages), False)
+        full = rendered(len(messages), False)  # = the last turn's `answered`
         raw: list[tuple[int, int]] = []
         for k in range(len(turns)):
-            asked, answered = rendered(2 * k + 1, True), rendered(2 * k + 2, False)
+            asked = rendered(2 * k + 1, True)
+            answered = full if 2 * k + 2 == len(messages) else rendered(2 * k + 2, False)
             if not (answered.startswith(asked) and full.startswith(answered)):
                 raise UsageError(
                     f"the chat template ({self.source}) does not render a conversation turn by turn (a "
@@ -207,6 +209,7 @@ def drop_bos(tokenizer: Any, text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=8)  # asked at every render: a training conversation renders 2 per turn
 def _adds_bos(tokenizer: Any) -> bool:
     ids = tokenizer("x")["input_ids"]
     return (
@@ -279,6 +282,12 @@ def resolve(processor: Any, tokenizer: Any, card: Any, adapter: Any, override: s
     if card is not None:
         return ChatTemplate(f"catalog card {card.name}", text=card.chat_template)
     return ChatTemplate(f"{adapter.family} default", text=adapter.default_template)
+
+
+def option_digest(value: str | None) -> str | None:
+    """What a run's settings record of --chat-template (compared on resume): its text's digest, or
+    None for the model's own template (which the model's identity covers)."""
+    return from_option(value).describe()["sha256"] if value is not None else None
 
 
 def from_option(value: str) -> ChatTemplate:

@@ -24,6 +24,12 @@ ASPECTS = ("pad", "crop")
 NATIVE = "native"
 
 
+def check_aspect(option: str) -> None:
+    """Refuse an --image-aspect value other than pad or crop (one line)."""
+    if option not in ASPECTS:
+        raise UsageError(f"--image-aspect {option!r}: choose pad or crop")
+
+
 def resolve_aspect(adapter: Any, card: Any, option: str | None) -> str:
     """`--image-aspect` if given, else the catalog card's `image_aspect`, else `crop` (the processor)."""
     if adapter.family == "qwen2_5_vl":
@@ -33,9 +39,8 @@ def resolve_aspect(adapter: Any, card: Any, option: str | None) -> str:
                 "the option applies to LLaVA-family models"
             )
         return NATIVE
-    if option is not None and option not in ASPECTS:
-        raise UsageError(f"--image-aspect {option!r}: choose pad or crop")
     if option is not None:
+        check_aspect(option)
         return option
     return getattr(card, "image_aspect", None) or "crop"
 

@@ -121,14 +121,13 @@ def _check_options(cfg: TrainConfig) -> None:
 def settings(cfg: TrainConfig, plan_samples: int, profile_hash: str, global_batch: int, total: int) -> dict:
     """The run's settings as stored in every checkpoint (and compared on --resume)."""
     from duet_cli.catalog import default_model
-    from duet_cli.inputs.chat_template import from_option
+    from duet_cli.inputs.chat_template import option_digest
     from duet_cli.inputs.image_aspect import declared_aspect
 
     model = cfg.model or default_model()
-    template = from_option(cfg.chat_template).describe()["sha256"] if cfg.chat_template else None
     return {
         "model": model,
-        "chat_template": template,  # the --chat-template's digest (None: the model's own)
+        "chat_template": option_digest(cfg.chat_template),  # None: the model's own
         "image_aspect": declared_aspect(model, cfg.image_aspect),
         "data": cfg.data,
         "samples": plan_samples,

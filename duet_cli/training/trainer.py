@@ -267,7 +267,7 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, source: Source | None = 
         hooks.describe("saving model")
         full = accelerator.get_state_dict(module)
     report.trainable_parameters = trainable
-    report.setup = {"chat_template": loaded.chat.describe(), "image_aspect": loaded.image_aspect}
+    report.setup = loaded.prompting()
     total, samples = batches.unreduced
     report.unreduced_visual_tokens = total / samples if samples else session.dims.unreduced_tokens
     if main:
