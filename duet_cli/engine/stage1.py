@@ -24,7 +24,7 @@ from duet_cli.errors import HookError
 from duet_cli.families.base import FamilyAdapter
 from duet_cli.methods import implementations as _implementations  # noqa: F401  (registers apply functions)
 from duet_cli.methods.registry import get_method
-from duet_cli.methods.visionzip.select import cls_attention_scores
+from duet_cli.methods.visionzip.select import scores_from_projections
 from duet_cli.trace import ImageSelection
 
 
@@ -140,12 +140,7 @@ class VisionStage1:
             attn = self.score_attn[modality]
             q, k = self._captured["q"], self._captured["k"]
             self._captured = {}
-            b, n, _ = k.shape
-            heads, head_dim = attn.num_heads, attn.head_dim
-            q_cls = q[:, 0].reshape(b, heads, head_dim)
-            keys = k.reshape(b, n, heads, head_dim).transpose(1, 2)
-            inputs.scores = cls_attention_scores(q_cls, keys, float(attn.scale))
-            inputs.keys = keys.mean(dim=1)
+            inputs.scores, inputs.keys = scores_from_projections(q, k, attn.num_heads, float(attn.scale))
         reduced, selections = self.apply_fn(inputs, self.config)
         return reduced, outputs.last_hidden_state, selections
 

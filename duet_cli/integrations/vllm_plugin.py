@@ -167,17 +167,13 @@ def reduce_clip_tokens(
     and key projections. Returns the (B, dominant + contextual, D) tokens for the projector, exactly
     as duet's engine computes them (duet_cli/engine/stage1.py) from the transformers tower.
     """
-    from duet_cli.methods.visionzip.select import cls_attention_scores, select_and_merge
+    from duet_cli.methods.visionzip.select import scores_from_projections, select_and_merge
 
-    b, n, width = k.shape
-    head_dim = width // heads
-    q_cls = q[:, 0].reshape(b, heads, head_dim)
-    keys = k.reshape(b, n, heads, head_dim).transpose(1, 2)
-    scores = cls_attention_scores(q_cls, keys, scale)
+    scores, key_mean = scores_from_projections(q, k, heads, scale)
     return select_and_merge(
         hidden,
         scores,
-        keys.mean(dim=1),
+        key_mean,
         dominant=plan.dominant,
         contextual=plan.contextual,
         mode=plan.mode,

@@ -34,6 +34,18 @@ def cls_attention_scores(q_cls: Tensor, keys: Tensor, scale: float) -> Tensor:
     return logits.softmax(dim=-1).sum(dim=1)
 
 
+def scores_from_projections(q: Tensor, k: Tensor, heads: int, scale: float) -> tuple[Tensor, Tensor]:
+    """A CLIP layer's CLS attention scores and head-mean keys, from its own q/k projections.
+
+    q, k: (B, N, H * hd) the layer's query and key projections of its input (CLS first). Returns the
+    (B, N) `cls_attention_scores` and the (B, N, hd) keys averaged over heads (the merge metric)."""
+    b, n, width = k.shape
+    head_dim = width // heads
+    q_cls = q[:, 0].reshape(b, heads, head_dim)
+    keys = k.reshape(b, n, heads, head_dim).transpose(1, 2)
+    return cls_attention_scores(q_cls, keys, scale), keys.mean(dim=1)
+
+
 @dataclass
 class Stage1Selection:
     """Which tokens stage 1 kept and how the rest were merged (indices into the N input tokens)."""
