@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from duet_cli.benchmarks.synth import questions_for, scene_for
+from duet_cli.benchmarks.synth import FINE, Variant, questions_for, scene_for
 from duet_cli.benchmarks.synth_questions import OPEN_SUFFIX
 from duet_cli.benchmarks.synth_scene import COLORS, LETTERS, SHAPES, Scene, render
 from duet_cli.training.data import SYNTH_IMAGES, Conversation
@@ -82,18 +82,20 @@ def simple_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, s
 
 
 def conversation(
-    index: int, split: str = "train", lists_first: bool = True
+    index: int, split: str = "train", lists_first: bool = True, variant: Variant = FINE
 ) -> tuple[Scene, list[tuple[str, str, str]]]:
     """Scene `index` of the synth `split` and its turns (type, question, answer) in training order:
     the image-only answers first, or (`lists_first=False`) every turn shuffled, so that any question
-    can be the one right after the image, as it is when a benchmark asks one question per image."""
-    scene = scene_for(split, index)
-    rest = simple_questions(scene, random.Random(f"dense:{split}:{index}"))
-    rest += [(qa.type, qa.prompt, qa.answer) for qa in questions_for(scene, split, index)]
-    random.Random(f"dense:{split}:{index}:order").shuffle(rest)
+    can be the one right after the image, as it is when a benchmark asks one question per image.
+    `variant` picks the benchmark (synth or synth-large); synth's streams keep their old keys."""
+    key = "dense" if variant is FINE else f"dense-{variant.name}"
+    scene = scene_for(split, index, variant=variant)
+    rest = simple_questions(scene, random.Random(f"{key}:{split}:{index}"))
+    rest += [(qa.type, qa.prompt, qa.answer) for qa in questions_for(scene, split, index, variant=variant)]
+    random.Random(f"{key}:{split}:{index}:order").shuffle(rest)
     turns = [*lists(scene), caption(scene), *rest]
     if not lists_first:
-        random.Random(f"dense:{split}:{index}:all").shuffle(turns)
+        random.Random(f"{key}:{split}:{index}:all").shuffle(turns)
     return scene, turns
 
 
@@ -105,12 +107,13 @@ class DenseSource:
     split: str = "train"
     lists_first: bool = True
     name: str = "synth-dense"
+    variant: Variant = FINE
 
     def __len__(self) -> int:
         return self.images
 
     def __getitem__(self, index: int) -> Conversation:
-        scene, turns = conversation(index, self.split, self.lists_first)
+        scene, turns = conversation(index, self.split, self.lists_first, self.variant)
         return Conversation(
-            f"synth-dense-{self.split}-{index:06d}", [(q, a) for _, q, a in turns], lambda: render(scene)
+            f"{self.name}-{self.split}-{index:06d}", [(q, a) for _, q, a in turns], lambda: render(scene)
         )

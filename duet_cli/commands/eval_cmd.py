@@ -40,7 +40,7 @@ def eval_cmd(
         typer.Option(
             "--benchmark",
             "-B",
-            help="Benchmark (repeatable): synth, textvqa, pope, gqa, scienceqa, mme; "
+            help="Benchmark (repeatable): synth, synth-large, textvqa, pope, gqa, scienceqa, mme; "
             "video (Video-LLaVA, Qwen2.5-VL): msvd, msrvtt, tgif.",
         ),
     ],
