@@ -245,12 +245,14 @@ def probe(model: TowerTrainer, split: str = "val", images: int = 250, batch: int
     """Per-patch accuracy on object patches (every head), glyph accuracy on glyph carriers' patches,
     presence accuracy (every label right), and the CLS attention mass on object patches."""
     model.eval()
+    device = next(model.parameters()).device
     right: dict[str, int] = {name: 0 for name in HEADS}
     right |= {"glyph_on_carriers": 0, "presence": 0}
     seen = {"object": 0, "carrier": 0}
     mass_sum = 0.0
     for start in range(0, images, batch):
         b = scene_batch(split, list(range(start, min(images, start + batch))))
+        b = {k: v.to(device) for k, v in b.items()}
         per_patch, cls = model.logits(b["pixels"])
         on = b["content"]
         carrier = b["glyph"] > 0
