@@ -172,8 +172,8 @@ class TowerTrainer(nn.Module):
         self.heads = nn.Linear(h, sum(HEADS.values()))
         self.presence = nn.Linear(h, PRESENCE)
         self.neighbours = nn.Linear(h, len(OFFSETS) * HEADS["color"])
-        if init == "local":
-            local_attention_init(self.tower_module())
+        if init in ("local", "local-values"):
+            local_attention_init(self.tower_module(), value_gain=0.5 if init == "local-values" else 0.0)
         else:
             with torch.no_grad():  # 2-D sin-cos positions at the patch embeddings' scale
                 self.tower_module().embeddings.position_embedding.weight.copy_(sincos_positions(h))
@@ -329,7 +329,7 @@ def shifted_code_map(dr: int, dc: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def local_attention_init(tower_module: nn.Module, sharpness: float = 1.0) -> None:
+def local_attention_init(tower_module: nn.Module, sharpness: float = 1.0, value_gain: float = 0.0) -> None:
     emb = tower_module.embeddings
     emb.position_embedding.weight[:, :CODE_DIMS] = position_code()
     emb.position_embedding.weight[:, CODE_DIMS:] *= 0.0
@@ -345,3 +345,7 @@ def local_attention_init(tower_module: nn.Module, sharpness: float = 1.0) -> Non
             attn.k_proj.weight[rows, :CODE_DIMS] = torch.eye(CODE_DIMS)
             attn.q_proj.bias[h * dim : (h + 1) * dim] = 0.0
             attn.k_proj.bias[h * dim : (h + 1) * dim] = 0.0
+            if value_gain:  # the head passes its neighbour on: orthonormal value, its transpose out
+                u = torch.linalg.qr(torch.randn(attn.v_proj.in_features, dim))[0]  # (hidden, dim)
+                attn.v_proj.weight[h * dim : (h + 1) * dim] = u.T
+                attn.out_proj.weight[:, h * dim : (h + 1) * dim] = value_gain * u

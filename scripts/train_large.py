@@ -39,6 +39,8 @@ scenes (per-patch accuracy on object patches; `glyph_on_carriers` counts only gl
   B  900 x 16, losses on object patches, neighbour         21     62.5   45.8     8.1    99.3   1.00
      objective, 2-D sin-cos positions (--tower-init sincos)
   C  as B, from the local-attention init (the default)     25     64.7   48.5    12.8    99.1   1.00
+  D  as C, the local heads' value/output set to pass the   18     54.7   51.6    17.7    99.4   1.00
+     neighbour on (--tower-init local-values)
 
 So the CLS objective is met at once and colour, the object count (99.6%) and the left-to-right rank
 (86%) are learned, but shape and glyph climb about 3 points per 100 steps and the gate (95 / 90) is
@@ -296,7 +298,7 @@ def main() -> None:
     parser.add_argument("--tower-steps", type=int)
     parser.add_argument("--workers", type=int, default=0, help="scene-rendering processes (GPU: several)")
     parser.add_argument(
-        "--tower-init", choices=("sincos", "local"), help="tower initialisation (large_tower)"
+        "--tower-init", choices=("sincos", "local", "local-values"), help="tower initialisation (large_tower)"
     )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

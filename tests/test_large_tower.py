@@ -83,3 +83,15 @@ def test_local_init_makes_heads_look_at_their_neighbour() -> None:
     for head, (dr, dc) in enumerate(lt.HEAD_OFFSETS):
         top = int(weights[head, 1 + patch(r, c)].argmax()) - 1
         assert divmod(top, lt.GRID) == (r + dr, c + dc), head
+
+
+def test_local_values_init_passes_each_neighbour_on_through_a_projection() -> None:
+    torch.manual_seed(0)
+    vision = dict(image_size=336, patch_size=14, hidden_size=192, intermediate_size=768,
+                  num_hidden_layers=2, num_attention_heads=6, hidden_act="quick_gelu")  # fmt: skip
+    attn = lt.TowerTrainer(vision, init="local-values").tower_module().encoder.layers[1].self_attn
+    d, out, value = attn.head_dim, attn.out_proj.weight.detach(), attn.v_proj.weight.detach()
+    for head in range(len(lt.HEAD_OFFSETS)):
+        w = out[:, head * d : (head + 1) * d] @ value[head * d : (head + 1) * d]
+        assert torch.allclose(w @ w, 0.5 * w, atol=1e-5)  # 0.5 x an orthogonal projection...
+        assert abs(float(torch.trace(w)) - 0.5 * d) < 1e-3  # ...onto `head_dim` dimensions
