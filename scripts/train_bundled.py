@@ -344,7 +344,14 @@ def pretrain_vision(work: Path, steps: int, batch: int, save_every: int, log: li
 # --- 3. assemble ----------------------------------------------------------------------------------------
 
 
-def assemble(work: Path) -> None:
+def assemble(
+    work: Path,
+    vision: dict[str, Any] | None = None,
+    text: dict[str, Any] | None = None,
+    tower: Path | None = None,
+) -> None:
+    """WORK/init: the trained tower (default WORK/vision/tower.safetensors) + a random projector and
+    decoder. `vision` / `text` default to this recipe's VISION / TEXT (train_large.py passes its own)."""
     from safetensors.torch import load_file
     from transformers import (
         AutoTokenizer,
@@ -359,10 +366,10 @@ def assemble(work: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(work / "tokenizer")
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**VISION),
+        vision_config=CLIPVisionConfig(**(vision or VISION)),
         text_config=LlamaConfig(
-            **TEXT, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+            **(text or TEXT), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
         ),
         image_token_index=int(tok.convert_tokens_to_ids("<image>")),  # type: ignore[arg-type]
         image_seq_length=GRID * GRID, projector_hidden_act="gelu", vision_feature_layer=-2,
@@ -371,7 +378,8 @@ def assemble(work: Path) -> None:
     config.pad_token_id = tok.pad_token_id
     torch.manual_seed(SEED)
     model = LlavaForConditionalGeneration(config)
-    model.model.vision_tower.load_state_dict(load_file(str(work / "vision" / "tower.safetensors")))
+    tower = tower or work / "vision" / "tower.safetensors"
+    model.model.vision_tower.load_state_dict(load_file(str(tower)))
     # Text embeddings at unit scale (norm ~18, the RMS-normalised scale) instead of Llama's std 0.02
     # (norm ~0.36): with the default, the first attention layer's average over ~600 visual tokens
     # (projector outputs, norm ~3) swamps every text position and the question's words are lost.

@@ -60,7 +60,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,8 +74,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from large_tower import GATE, TowerTrainer, gate_met, probe, scene_batch, warm_cosine  # noqa: E402
-from train_bundled import atomic_torch_save, build_tokenizer  # noqa: E402
+from large_tower import GATE, TowerTrainer, gate_met, probe, scene_batch  # noqa: E402
+from train_bundled import assemble, atomic_torch_save, build_tokenizer, cosine, export  # noqa: E402
 
 SEED = 0
 VISION: dict[str, Any] = dict(
@@ -137,7 +136,7 @@ def train_tower(
     random.seed(SEED)
     model = TowerTrainer(VISION, init=plan["tower_init"]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=plan["tower_lr"], weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warm_cosine(s, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, steps))
     start = 0
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)
@@ -184,61 +183,6 @@ def save_tower(work: Path, model: TowerTrainer) -> None:
     save_file(state, str(work / "tower" / "tower.safetensors"))
 
 
-def assemble(work: Path) -> None:
-    from build_tiny_model import CHAT_TEMPLATE
-    from large_tower import CLIP_MEAN, CLIP_STD, GRID
-    from safetensors.torch import load_file
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )  # fmt: skip
-
-    tok = AutoTokenizer.from_pretrained(work / "tokenizer")
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**VISION),
-        text_config=LlamaConfig(
-            **TEXT, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-        ),
-        image_token_index=int(tok.convert_tokens_to_ids("<image>")),  # type: ignore[arg-type]
-        image_seq_length=GRID * GRID, projector_hidden_act="gelu", vision_feature_layer=-2,
-        vision_feature_select_strategy="default", tie_word_embeddings=False,
-    )  # fmt: skip
-    config.pad_token_id = tok.pad_token_id
-    torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(config)
-    model.model.vision_tower.load_state_dict(load_file(str(work / "tower" / "tower.safetensors")))
-    torch.manual_seed(SEED + 1)
-    with torch.no_grad():  # unit-scale text embeddings: see train_bundled.assemble
-        model.model.language_model.embed_tokens.weight.normal_(0.0, 1.0)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        do_sample=False,
-    )  # fmt: skip
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_mean=CLIP_MEAN,
-            image_std=CLIP_STD, do_convert_rgb=True,
-        ),
-        tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", image_token="<image>",
-        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
-    )  # fmt: skip
-    out, tmp = work / "init", work / "init.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    os.replace(tmp, out)
-    n_vision = sum(p.numel() for p in model.model.vision_tower.parameters())
-    n_lm = sum(p.numel() for p in model.model.language_model.parameters()) + model.lm_head.weight.numel()
-    print(f"assembled: vision {n_vision / 1e6:.2f}M, decoder+head {n_lm / 1e6:.2f}M parameters", flush=True)
-
-
 def train_decoder(work: Path, device: str, smoke: bool, save_every: int) -> Path:
     """Each phase continues from the previous phase's model; returns the last phase's model folder."""
     from bundled_data import DenseSource
@@ -271,20 +215,6 @@ def train_decoder(work: Path, device: str, smoke: bool, save_every: int) -> Path
             (out / "done.json").write_text(json.dumps({"steps": report.steps, "wall_s": report.wall_s}))
         model = out / "model"
     return model
-
-
-def export(work: Path, src: Path) -> None:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.bfloat16)
-    out, tmp = work / "model", work / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    AutoProcessor.from_pretrained(src).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
-    print(f"exported {out} ({size:.1f} MB)", flush=True)
 
 
 def main() -> None:
@@ -324,7 +254,7 @@ def main() -> None:
     if not result["met"] and not args.smoke:
         sys.exit(f"error: the tower misses the gate {GATE}: {result['val']} ({probe_file})")
     if not (work / "init").is_dir():
-        assemble(work)
+        assemble(work, VISION, TEXT, work / "tower" / "tower.safetensors")
     export(work, train_decoder(work, args.device, args.smoke, args.save_every))
     log_line(work, {"stage": "done", "minutes": round((time.perf_counter() - t0) / 60, 1)})
 
